@@ -1,0 +1,1 @@
+"""Everything that reads or writes the outside world: Kafka, recording files, replay."""

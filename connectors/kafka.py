@@ -1,0 +1,213 @@
+"""Kafka in one place: topic names, client factories with the project's settings, error mapping.
+
+Everything outside the Faust worker shell (:mod:`pipeline.app`) that talks to Kafka goes through
+these factories (kafka-python), so settings such as ``acks=all`` or "no producer linger" are
+decided once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear
+line, so the command line never prints a traceback for an unreachable broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import BrokerError
+
+DEFAULT_BOOTSTRAP = os.environ.get("BIOPRIV_BOOTSTRAP", "127.0.0.1:9092")
+
+#: Input topics, one per modality. Key = device id, so a device's frames stay on one partition.
+RAW_TOPICS = {"eeg": "biopriv.raw.eeg", "audio": "biopriv.raw.audio", "bio": "biopriv.raw.bio"}
+#: Privatized releases: the only topic downstream consumers should read.
+PRIVATE_TOPIC = "biopriv.private.features"
+#: Frames that failed validation, with the reason and the original bytes (access-restricted).
+DEADLETTER_TOPIC = "biopriv.deadletter"
+#: Operational events without raw data (budget exhausted, windows dropped...).
+EVENTS_TOPIC = "biopriv.events"
+
+#: Partitions of every project topic; bounds the number of workers that share the work.
+DEFAULT_PARTITIONS = 6
+DEFAULT_PREFIX = "biopriv."
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the project needs: name, partitions and topic-level configs."""
+
+    name: str
+    partitions: int = DEFAULT_PARTITIONS
+    configs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The names of the topics one deployment uses, all sharing a prefix.
+
+    The default prefix gives the names above; tests and parallel deployments pass their own
+    (``Topics.with_prefix("t-1234.")``) so they never see each other's records.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(prefix)
+
+    def raw(self, modality: str) -> str:
+        """Input topic of a modality (``eeg``, ``audio``, ``bio``)."""
+        return f"{self.prefix}raw.{modality}"
+
+    @property
+    def raw_all(self) -> tuple[str, ...]:
+        return tuple(self.raw(m) for m in RAW_TOPICS)
+
+    @property
+    def private(self) -> str:
+        return f"{self.prefix}private.features"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}deadletter"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+        """The topics to create for this deployment."""
+        week_ms = str(7 * 24 * 3600 * 1000)
+        keep = (("retention.ms", week_ms),)
+        return [
+            *(TopicSpec(t, partitions, keep) for t in self.raw_all),
+            TopicSpec(self.private, partitions),
+            TopicSpec(self.deadletter, partitions, keep),
+            TopicSpec(self.events, 1),
+        ]
+
+log = logging.getLogger(__name__)
+
+
+def project_topics(partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
+    """The topics ``biopriv kafka up`` creates (default prefix)."""
+    return Topics().specs(partitions)
+
+
+#: Producer settings: durable and ordered (acks=all, one request in flight so retries cannot
+#: reorder), tuned for latency (no linger: a frame is sent as soon as it is handed over).
+PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 0,
+    "retries": 5,
+    "max_in_flight_requests_per_connection": 1,
+    "request_timeout_ms": 15000,
+    "max_request_size": 2 * 1024 * 1024,
+}
+
+#: Consumer settings tuned for latency: the broker answers a fetch as soon as one byte is there,
+#: and waits at most 10 ms otherwise.
+CONSUMER_SETTINGS: dict[str, Any] = {
+    "fetch_min_bytes": 1,
+    "fetch_max_wait_ms": 10,
+    "auto_offset_reset": "earliest",
+}
+
+
+@contextlib.contextmanager
+def broker_errors(bootstrap: str) -> Iterator[None]:
+    """Map kafka-python errors raised inside the block to :class:`BrokerError`."""
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+    try:
+        yield
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        raise BrokerError(
+            f"no Kafka broker answers at {bootstrap} ({exc}); start one with `biopriv kafka up`"
+        ) from None
+    except KafkaError as exc:
+        raise BrokerError(f"Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from None
+
+
+def make_producer(bootstrap: str = DEFAULT_BOOTSTRAP, **overrides: Any) -> Any:
+    """A ``kafka.KafkaProducer`` with :data:`PRODUCER_SETTINGS` (bytes keys and values)."""
+    from kafka import KafkaProducer
+
+    settings = {**PRODUCER_SETTINGS, **overrides}
+    with broker_errors(bootstrap):
+        return KafkaProducer(bootstrap_servers=bootstrap, client_id="biopriv", **settings)
+
+
+def make_consumer(
+    topics: Sequence[str],
+    bootstrap: str = DEFAULT_BOOTSTRAP,
+    *,
+    group_id: str | None = None,
+    **overrides: Any,
+) -> Any:
+    """A ``kafka.KafkaConsumer`` subscribed to ``topics`` with :data:`CONSUMER_SETTINGS`.
+
+    ``group_id=None`` reads without committing offsets (tail, tests).
+    """
+    from kafka import KafkaConsumer
+
+    settings = {**CONSUMER_SETTINGS, **overrides}
+    if group_id is None:
+        settings.setdefault("enable_auto_commit", False)
+    with broker_errors(bootstrap):
+        return KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group_id, **settings)
+
+
+def check_broker(bootstrap: str = DEFAULT_BOOTSTRAP, timeout_s: float = 5.0) -> None:
+    """Raise :class:`BrokerError` unless a broker answers at ``bootstrap`` within ``timeout_s``."""
+    from kafka import KafkaAdminClient
+
+    with broker_errors(bootstrap):
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+
+
+def ensure_topics(bootstrap: str = DEFAULT_BOOTSTRAP, topics: Sequence[TopicSpec] | None = None) -> list[str]:
+    """Create the missing ``topics`` (default: :func:`project_topics`); return the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = list(topics) if topics is not None else project_topics()
+    with broker_errors(bootstrap):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="biopriv-admin", bootstrap_timeout_ms=10000)
+        try:
+            existing = set(admin.list_topics())
+            new = [
+                NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, topic_configs=dict(s.configs))
+                for s in specs
+                if s.name not in existing
+            ]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+            return [t.name for t in new]
+        finally:
+            admin.close()
+
+
+def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    """Delete topics (tests use their own topics and clean up)."""
+    from kafka import KafkaAdminClient
+
+    with broker_errors(bootstrap):
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="biopriv-admin", bootstrap_timeout_ms=10000)
+        try:
+            admin.delete_topics(list(names))
+        finally:
+            admin.close()

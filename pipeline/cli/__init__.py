@@ -1,0 +1,64 @@
+"""The ``biopriv`` command line: one entry point, one module per subcommand.
+
+Each module in :data:`SUBCOMMANDS` defines ``register(subparsers)``, which adds its parser and
+sets ``func`` to a callable ``(args) -> int`` (the exit code). Modules import heavy libraries
+inside ``func`` so that ``biopriv --help`` stays fast. Errors derived from
+:class:`~pipeline.errors.BioprivError` are printed as one line, ``biopriv: error: ...``, with a
+non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline import __version__
+from pipeline.errors import BioprivError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS = (
+    "demo",
+    "kafka",
+    "worker",
+    "replay",
+    "tail",
+    "inspect",
+    "features",
+    "generate",
+    "audit",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all subcommands registered)."""
+    parser = argparse.ArgumentParser(
+        prog="biopriv",
+        description="Streaming local differential privacy for biosignals on Apache Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"biopriv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"pipeline.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BioprivError as exc:
+        print(f"biopriv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biopriv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
