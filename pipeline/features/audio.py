@@ -1,0 +1,221 @@
+"""Audio features that describe the sound, never its content.
+
+The window (full-scale units, ``|x| <= 1``; the first channel) is cut into non-overlapping 25 ms
+sub-frames. Per sub-frame: a Hann-tapered power spectrum (FFT of the next power of two), a 40-band
+mel spectrum (20 Hz to min(8 kHz, Nyquist), HTK mel scale, triangular filters), 13 MFCCs (DCT-II,
+orthonormal, of the mel power in dB re full scale floored at -100 dB), a speech decision and, for
+speech sub-frames, an autocorrelation pitch estimate. Released per window:
+
+* ``rms_dbfs``: RMS level of the window, dBFS (``20 log10 rms``; a full-scale square wave is 0);
+* ``zcr``: fraction of consecutive samples that change sign, 1;
+* ``spectral_centroid``, ``spectral_bandwidth``, ``spectral_rolloff`` (85 %), Hz, and
+  ``spectral_flatness`` (geometric over arithmetic mean), 1, of the mean sub-frame power spectrum;
+* ``mfcc_1`` ... ``mfcc_13``: the mean of each coefficient over the sub-frames, dB;
+* ``speech_ratio``: fraction of sub-frames judged speech, 1;
+* ``f0_median``: median F0 of the voiced sub-frames, Hz; NaN when none is voiced.
+
+A sub-frame is **speech** when its level is at least :data:`SPEECH_MIN_DBFS` and at least
+:data:`SPEECH_BAND_FRACTION` of its power lies in the 200-4000 Hz voice band with a spectral
+flatness below :data:`SPEECH_MAX_FLATNESS` (speech is peaky; broadband noise is flat). It is
+**voiced** when, in addition, its normalized autocorrelation peaks above :data:`VOICED_MIN_CORR`
+at a lag corresponding to 70-400 Hz. These are acoustic thresholds, fixed in advance, not fitted to
+the data being privatized.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+from pipeline.features.spec import FeatureSpec
+
+__all__ = ["AudioExtractor", "SUBFRAME_S", "speech_mask"]
+
+SUBFRAME_S = 0.025
+N_MELS = 40
+N_MFCC = 13
+SPEECH_MIN_DBFS = -45.0
+SPEECH_BAND_FRACTION = 0.5
+SPEECH_MAX_FLATNESS = 0.5
+VOICED_MIN_CORR = 0.5
+F0_RANGE_HZ = (70.0, 400.0)
+_FLOOR_DB = -100.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    n_sub: int
+    n_fft: int
+    taper: np.ndarray
+    freqs: np.ndarray
+    mel: np.ndarray  # (n_mels, n_freq)
+    voice: np.ndarray  # bool (n_freq,)
+    lag_lo: int
+    lag_hi: int
+    specs: tuple[FeatureSpec, ...]
+
+
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def _mel_bank(rate: float, n_fft: int, freqs: np.ndarray) -> np.ndarray:
+    fmax = min(8000.0, rate / 2.0)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(20.0), _hz_to_mel(fmax), N_MELS + 2))
+    bank = np.zeros((N_MELS, freqs.size))
+    for i in range(N_MELS):
+        lo, mid, hi = edges[i : i + 3]
+        up = (freqs - lo) / (mid - lo)
+        down = (hi - freqs) / (hi - mid)
+        bank[i] = np.maximum(0.0, np.minimum(up, down))
+    return bank
+
+
+def _specs(rate: float) -> tuple[FeatureSpec, ...]:
+    nyq = rate / 2.0
+    out = [
+        # -100 dBFS is below any microphone's self-noise after 16-bit quantization.
+        FeatureSpec("rms_dbfs", "dBFS", -100.0, 0.0),
+        FeatureSpec("zcr", "1", 0.0, 1.0),
+        FeatureSpec("spectral_centroid", "Hz", 0.0, nyq),
+        FeatureSpec("spectral_bandwidth", "Hz", 0.0, nyq),
+        FeatureSpec("spectral_rolloff", "Hz", 0.0, nyq),
+        FeatureSpec("spectral_flatness", "1", 0.0, 1.0),
+    ]
+    # c1 carries the overall level: 40 bands between -100 and 0 dB give c1 in [-632, 0]; the others
+    # describe the spectral shape and stay within +-100 dB for real sound.
+    out.append(FeatureSpec("mfcc_1", "dB", -650.0, 50.0))
+    out += [FeatureSpec(f"mfcc_{i}", "dB", -100.0, 100.0) for i in range(2, N_MFCC + 1)]
+    out.append(FeatureSpec("speech_ratio", "1", 0.0, 1.0))
+    # Adult and child voices: F0 70-400 Hz (the detection range).
+    out.append(FeatureSpec("f0_median", "Hz", F0_RANGE_HZ[0], F0_RANGE_HZ[1]))
+    return tuple(out)
+
+
+def _make_plan(rate: float) -> _Plan:
+    n_sub = max(8, int(round(SUBFRAME_S * rate)))
+    n_fft = 1 << int(math.ceil(math.log2(n_sub)))
+    freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    return _Plan(
+        n_sub=n_sub,
+        n_fft=n_fft,
+        taper=np.hanning(n_sub + 2)[1:-1],
+        freqs=freqs,
+        mel=_mel_bank(rate, n_fft, freqs),
+        voice=(freqs >= 200.0) & (freqs <= 4000.0),
+        lag_lo=max(1, int(math.floor(rate / F0_RANGE_HZ[1]))),
+        lag_hi=min(n_sub - 2, int(math.ceil(rate / F0_RANGE_HZ[0]))),
+        specs=_specs(rate),
+    )
+
+
+def _subframes(x: np.ndarray, n_sub: int) -> np.ndarray:
+    n = (x.size // n_sub) * n_sub
+    return x[:n].reshape(-1, n_sub)
+
+
+def _flatness(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    logp = np.log(p + 1e-20)
+    return np.exp(logp.mean(axis=axis)) / (p.mean(axis=axis) + 1e-20)
+
+
+def speech_mask(frames: np.ndarray, power: np.ndarray, voice: np.ndarray) -> np.ndarray:
+    """Speech decision per sub-frame (see the module docstring)."""
+    level = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
+    total = power.sum(axis=1) + 1e-20
+    band = power[:, voice].sum(axis=1) / total
+    flat = _flatness(power[:, 1:])
+    return (level >= SPEECH_MIN_DBFS) & (band >= SPEECH_BAND_FRACTION) & (flat <= SPEECH_MAX_FLATNESS)
+
+
+class AudioExtractor:
+    """Audio features of one window (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[float, _Plan] = {}
+
+    def _plan(self, rate: float) -> _Plan:
+        plan = self._plans.get(rate)
+        if plan is None:
+            plan = self._plans[rate] = _make_plan(rate)
+        return plan
+
+    def specs(self, channels: tuple[str, ...], sample_rate: float) -> tuple[FeatureSpec, ...]:
+        """The same features whatever the channels; frequency bounds scale with the rate."""
+        return self._plan(float(sample_rate)).specs
+
+    def compute(
+        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
+    ) -> dict[str, float]:
+        """Audio features of the first channel (full-scale units)."""
+        plan = self._plan(float(sample_rate))
+        x = np.asarray(data[0], dtype=np.float64)
+        names = [s.name for s in plan.specs]
+        out = dict.fromkeys(names, float("nan"))
+        if x.size < plan.n_sub:
+            return out
+        ms = float(np.mean(x**2))
+        out["rms_dbfs"] = 10.0 * math.log10(ms) if ms > 1e-10 else -100.0
+        sign = np.signbit(x)
+        out["zcr"] = float(np.count_nonzero(sign[1:] != sign[:-1]) / (x.size - 1))
+
+        frames = _subframes(x, plan.n_sub)
+        frames = frames - frames.mean(axis=1, keepdims=True)
+        spec = scipy.fft.rfft(frames * plan.taper, n=plan.n_fft, axis=1)
+        power = spec.real**2 + spec.imag**2
+        mean_p = power.mean(axis=0)
+        tot = mean_p.sum()
+        f = plan.freqs
+        if tot > 0:
+            c = float(np.dot(f, mean_p) / tot)
+            out["spectral_centroid"] = c
+            out["spectral_bandwidth"] = float(np.sqrt(np.dot((f - c) ** 2, mean_p) / tot))
+            out["spectral_rolloff"] = float(f[int(np.argmax(np.cumsum(mean_p) >= 0.85 * tot))])
+            out["spectral_flatness"] = float(_flatness(mean_p[1:]))
+        else:
+            out["spectral_centroid"] = out["spectral_bandwidth"] = out["spectral_rolloff"] = 0.0
+            out["spectral_flatness"] = 1.0
+
+        # power normalized so that a full-scale sine has mel dB near 0
+        norm = power / (plan.taper.sum() ** 2 / 4.0)
+        mel_db = np.maximum(10.0 * np.log10(norm @ plan.mel.T + 1e-20), _FLOOR_DB)
+        mfcc = scipy.fft.dct(mel_db, type=2, norm="ortho", axis=1)[:, :N_MFCC].mean(axis=0)
+        for i in range(N_MFCC):
+            out[f"mfcc_{i + 1}"] = float(mfcc[i])
+
+        speech = speech_mask(frames, power, plan.voice)
+        out["speech_ratio"] = float(speech.mean())
+        if speech.any():
+            out["f0_median"] = _median_f0(frames[speech], plan, float(sample_rate))
+        return out
+
+
+def _median_f0(frames: np.ndarray, plan: _Plan, rate: float) -> float:
+    n = plan.n_sub
+    n_fft = 1 << int(math.ceil(math.log2(2 * n)))
+    spec = scipy.fft.rfft(frames, n=n_fft, axis=1)
+    ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=n_fft, axis=1)[:, : plan.lag_hi + 2]
+    r0 = ac[:, :1]
+    lags = np.arange(ac.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nac = ac / r0 * (n / (n - lags))  # unbiased: compensate the shrinking overlap
+    seg = nac[:, plan.lag_lo : plan.lag_hi + 1]
+    k = np.argmax(seg, axis=1)
+    peak = seg[np.arange(seg.shape[0]), k]
+    voiced = np.isfinite(peak) & (peak >= VOICED_MIN_CORR) & (k > 0) & (k < seg.shape[1] - 1)
+    if not voiced.any():
+        return float("nan")
+    rows = np.flatnonzero(voiced)
+    kk = k[rows]
+    y0, y1, y2 = seg[rows, kk - 1], seg[rows, kk], seg[rows, kk + 1]
+    den = y0 - 2 * y1 + y2
+    delta = np.where(den < 0, 0.5 * (y0 - y2) / np.where(den < 0, den, 1.0), 0.0)
+    lag = plan.lag_lo + kk + delta
+    return float(np.median(rate / lag))
