@@ -1,0 +1,56 @@
+"""``biopriv worker``: run a stream worker (faust-streaming) against the broker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from connectors.kafka import DEFAULT_BOOTSTRAP, DEFAULT_PARTITIONS, DEFAULT_PREFIX
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run a stream worker: raw frames in, privatized releases out",
+        description=(
+            "Consume <prefix>raw.eeg, <prefix>raw.audio and <prefix>raw.bio; keep sliding windows per "
+            "device and stream; compute features; privatize every value against the device's "
+            "budget; publish releases to <prefix>private.features, bad frames to "
+            "<prefix>deadletter and operational events to <prefix>events. Several workers with the "
+            "same --group share the partitions. Stops cleanly on Ctrl-C / SIGTERM."
+        ),
+    )
+    p.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP, help="Kafka bootstrap server (default %(default)s; env BIOPRIV_BOOTSTRAP)")
+    p.add_argument("--group", default="biopriv-worker", help="consumer group and Faust app id (default %(default)s)")
+    p.add_argument("--topic-prefix", default=DEFAULT_PREFIX, help="prefix of every topic name (default %(default)r)")
+    p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of topics the worker declares (default %(default)s)")
+    p.add_argument("--privacy-config", type=Path, default=None, help="privacy configuration (TOML or JSON); default: built-in defaults, see docs/privacy.md")
+    p.add_argument("--key-file", type=Path, default=Path(".biopriv/keys.json"), help="secret key file (created with mode 0600 if absent; default %(default)s)")
+    p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between statistics log lines (default %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from connectors.kafka import Topics, check_broker, ensure_topics
+    from pipeline.app import WorkerSettings, run_worker
+
+    logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    check_broker(args.bootstrap)
+    topics = Topics.with_prefix(args.topic_prefix)
+    ensure_topics(args.bootstrap, topics.specs(args.partitions))
+    settings = WorkerSettings(
+        bootstrap=args.bootstrap,
+        group=args.group,
+        topics=topics,
+        partitions=args.partitions,
+        privacy_config=args.privacy_config,
+        key_file=args.key_file,
+        stats_interval_s=args.stats_interval,
+        data_dir=args.data_dir,
+    )
+    run_worker(settings, loglevel=args.log_level)
+    return 0
