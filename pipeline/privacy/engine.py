@@ -1,0 +1,329 @@
+"""The privacy engine: one call per window turns raw feature values into a private release.
+
+:meth:`PrivacyEngine.privatize` takes a :class:`ReleaseRequest` and returns a
+:class:`PrivateRelease` or a :class:`Suppression`. It
+
+1. detects replays (window index at or below the last one seen for the device's stream and
+   feature set) and answers them from the ledger without charging: a released window is
+   regenerated bit-identically from its key version (and checked against the recorded digest),
+   a suppressed one is suppressed again;
+2. asks the :class:`~pipeline.privacy.accountant.Accountant` whether the device can pay; if
+   not, suppresses the release (never publishes it un-noised) with a budget-exhausted event;
+3. privatizes the vector with the cached :class:`~pipeline.privacy.vector.ReleasePlan`, noise
+   drawn from the release's own ChaCha20 keystream, and charges the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PrivacyError
+from pipeline.features.spec import FeatureSpec
+from pipeline.privacy.accountant import Accountant, to_epsilon
+from pipeline.privacy.config import PrivacyConfig
+from pipeline.privacy.keys import KeyProvider
+from pipeline.privacy.noise import NoiseStream, identity_bytes, release_key
+from pipeline.privacy.vector import ReleasedValues, ReleasePlan
+
+_PLAN_CACHE_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    """One window of one feature set of one device, to be privatized.
+
+    Attributes
+    ----------
+    device_id, stream, feature_set : str
+        Release identity (with ``window_index``); ``device_id`` is the privacy unit.
+    window_index : int
+        Strictly increasing per (device, stream, feature_set); an index at or below the last one
+        seen is treated as a replay.
+    hop_s, length_s : float
+        Window geometry in seconds (validated; accounting uses the capture span).
+    start_ns, end_ns : int
+        Capture time span of the window, ns since the Unix epoch; the w-event and period rules
+        account on it.
+    values : Mapping[str, float]
+        Raw feature values; NaN (undefined for this window) is replaced by a public default inside
+        the bounds (the midpoint; category 0) and noised like any value.
+    specs : Sequence[FeatureSpec]
+        One per value. Pass the same (immutable) sequence object every time: the engine caches
+        the compiled plan by its identity.
+    """
+
+    device_id: str
+    stream: str
+    feature_set: str
+    window_index: int
+    hop_s: float
+    length_s: float
+    start_ns: int
+    end_ns: int
+    values: Mapping[str, float]
+    specs: Sequence[FeatureSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateRelease:
+    """A privatized window, safe to publish.
+
+    Attributes
+    ----------
+    release_id : str
+        32 hex characters, deterministic from (pseudonym, stream, feature set, window index).
+    device : str
+        The device's pseudonym (never its id).
+    values : ReleasedValues
+        Read-only mapping (``to_dict()``, ``.array``) of privatized values on each mechanism's grid; under the ``sample`` strategy only the k
+        sampled features. Numeric values are unbiased estimates; binary and categorical values
+        are the randomized category index (debias with ``estimate_frequency``).
+    epsilon, delta : float
+        Spent by this release (delta > 0 only with the Gaussian mechanism).
+    mechanism : str
+        The mechanisms used, joined by ``+`` (e.g. ``"piecewise+grr"``);
+        ``feature_mechanisms`` and ``feature_epsilon`` give them per feature.
+    strategy : str
+        ``"split"`` or ``"sample"``.
+    budget : dict
+        Per accounting rule: ``epsilon``, ``spent``, ``remaining`` after this release.
+    key_id : str
+        Version of the noise key used (no secret).
+    """
+
+    release_id: str
+    device: str
+    stream: str
+    feature_set: str
+    window_index: int
+    values: ReleasedValues
+    epsilon: float
+    delta: float
+    mechanism: str
+    strategy: str
+    budget: dict[str, Any]
+    key_id: str
+    feature_mechanisms: Mapping[str, str] = field(repr=False, compare=True)
+    feature_epsilon: Mapping[str, float] = field(repr=False, compare=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out["values"] = self.values.to_dict()
+        out["feature_mechanisms"] = dict(self.feature_mechanisms)
+        out["feature_epsilon"] = dict(self.feature_epsilon)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """A window that is not released; ``event`` is JSON-able and holds no raw values."""
+
+    release_id: str
+    reason: str
+    event: dict[str, Any]
+
+
+class PrivacyEngine:
+    """Privatizes releases for many devices and keeps their privacy ledger.
+
+    Parameters
+    ----------
+    config : PrivacyConfig
+        Validated configuration.
+    keys : KeyProvider
+        Noise keys and pseudonyms (:func:`~pipeline.privacy.keys.load_keys` or a KMS client).
+    ledger_state : dict or None
+        A previous :meth:`ledger_state`, to resume after a restart.
+    """
+
+    def __init__(self, config: PrivacyConfig, keys: KeyProvider, ledger_state: dict[str, Any] | None = None) -> None:
+        if not isinstance(keys, KeyProvider):
+            raise PrivacyError(
+                f"keys must implement KeyProvider (noise_key, noise_key_version, pseudonym), got {type(keys).__name__}"
+            )
+        self.config = config
+        self._keys = keys
+        self._acct = Accountant(config, ledger_state)
+        self._plans: dict[tuple[str, int], tuple[Sequence[FeatureSpec], ReleasePlan]] = {}
+        #: Counters: released, suppressed, replayed.
+        self.stats = {"released": 0, "suppressed": 0, "replayed": 0}
+
+    def __repr__(self) -> str:
+        return f"PrivacyEngine(epsilon={self.config.epsilon}, keys={self._keys!r})"
+
+    def plan(self, feature_set: str, specs: Sequence[FeatureSpec]) -> ReleasePlan:
+        """The compiled (cached) plan of a feature set."""
+        key = (feature_set, id(specs))
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is specs:
+            return hit[1]
+        plan = ReleasePlan(feature_set, specs, self.config)
+        if len(self._plans) >= _PLAN_CACHE_MAX:
+            self._plans.clear()
+        self._plans[key] = (specs, plan)
+        return plan
+
+    def ledger_state(self) -> dict[str, Any]:
+        """The durable ledger as plain JSON-able data (pass back as ``ledger_state``)."""
+        return self._acct.state()
+
+    def budget(self, device_id: str, start_ns: int, end_ns: int) -> dict[str, Any]:
+        """Spent and remaining epsilon per rule for a device, as a release over the span would see it."""
+        return self._acct.assess(device_id, start_ns, end_ns, 0.0)[1]
+
+    # ------------------------------------------------------------------ the hot path
+    def privatize(self, req: ReleaseRequest) -> PrivateRelease | Suppression:
+        """Privatize one window, or suppress it; see the module docstring for the order of checks.
+
+        Raises
+        ------
+        PrivacyError
+            If the request is malformed (values and specs disagree, bad window geometry).
+        """
+        _check_request(req)
+        plan = self.plan(req.feature_set, req.specs)
+        if len(req.values) != plan.d:
+            extra = sorted(set(req.values) - set(plan.names))
+            raise PrivacyError(
+                f"{req.feature_set!r}: values must match specs one to one; unexpected {extra}, missing {sorted(set(plan.names) - set(req.values))}"
+            )
+        device = req.device_id
+        pseud = self._keys.pseudonym(device)
+        skey = f"{req.stream}\x00{req.feature_set}"
+        release_id = hashlib.sha256(f"{pseud}\x00{skey}\x00{req.window_index}".encode()).hexdigest()[:32]
+        st = self._acct.stream(device, skey)
+        if st is not None and req.window_index <= st.last:
+            return self._replay(req, plan, st.recent.get(req.window_index), release_id, pseud)
+        if self._acct.is_late(device, req.start_ns):
+            return self._suppress(req, skey, release_id, pseud, "late", {"retention_s": self.config.retention_s})
+        short, budget = self._acct.assess(device, req.start_ns, req.end_ns, plan.epsilon)
+        if short is not None:
+            detail = {"rule": short.rule, "epsilon_needed": short.needed, "epsilon_remaining": short.remaining}
+            return self._suppress(req, skey, release_id, pseud, "budget_exhausted", detail)
+        key_id, dkey = self._keys.noise_key(device)
+        out, sel = self._noise(plan, req, dkey)
+        digest = _digest(out, sel)
+        self._acct.charge(
+            device,
+            skey,
+            req.window_index,
+            req.start_ns,
+            req.end_ns,
+            plan.epsilon,
+            plan.delta,
+            release_id,
+            key_id,
+            digest,
+        )
+        rel = self._release(plan, req, pseud, release_id, out, sel, budget, key_id)
+        self._acct.stream(device, skey).recent[req.window_index].append(budget)  # type: ignore[union-attr]
+        self.stats["released"] += 1
+        return rel
+
+    def _noise(self, plan: ReleasePlan, req: ReleaseRequest, dkey: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+        ident = identity_bytes(req.device_id, req.stream, req.feature_set, req.window_index)
+        try:
+            return plan.apply(req.values, NoiseStream(release_key(dkey, ident)))
+        except KeyError as exc:
+            raise PrivacyError(f"{req.feature_set!r}: values lack feature {exc.args[0]!r}") from None
+
+    def _release(
+        self,
+        plan: ReleasePlan,
+        req: ReleaseRequest,
+        pseud: str,
+        release_id: str,
+        out: np.ndarray,
+        sel: np.ndarray | None,
+        budget: dict[str, Any],
+        key_id: str,
+    ) -> PrivateRelease:
+        return PrivateRelease(
+            release_id=release_id,
+            device=pseud,
+            stream=req.stream,
+            feature_set=req.feature_set,
+            window_index=req.window_index,
+            values=plan.values(out, sel),
+            epsilon=plan.epsilon,
+            delta=plan.delta,
+            mechanism=plan.mechanism,
+            strategy=plan.strategy,
+            budget=budget,
+            key_id=key_id,
+            feature_mechanisms=plan.feature_mechanisms,
+            feature_epsilon=plan.feature_epsilon,
+        )
+
+    def _replay(
+        self, req: ReleaseRequest, plan: ReleasePlan, outcome: list[Any] | None, release_id: str, pseud: str
+    ) -> PrivateRelease | Suppression:
+        self.stats["replayed"] += 1
+        if outcome is None:
+            return Suppression(release_id, "replay_unknown", self._event(req, release_id, pseud, "replay_unknown", {}))
+        if outcome[0] == "suppressed":
+            return Suppression(outcome[1], outcome[2], outcome[4])
+        _, rid, cost, key_id, digest, _, *rest = outcome
+        dkey = self._keys.noise_key_version(req.device_id, key_id)
+        if dkey is None:
+            return Suppression(
+                rid, "replay_key_retired", self._event(req, rid, pseud, "replay_key_retired", {"key_id": key_id})
+            )
+        out, sel = self._noise(plan, req, dkey)
+        if _digest(out, sel) != digest or to_epsilon(cost) < plan.epsilon - 1e-9:
+            # Same identity, different data or configuration: publishing would leak the difference.
+            return Suppression(rid, "replay_mismatch", self._event(req, rid, pseud, "replay_mismatch", {}))
+        budget = rest[0] if rest else self.budget(req.device_id, req.start_ns, req.end_ns)
+        return self._release(plan, req, pseud, rid, out, sel, budget, key_id)
+
+    def _event(
+        self, req: ReleaseRequest, release_id: str, pseud: str, reason: str, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        kind = "budget_exhausted" if reason == "budget_exhausted" else "release_suppressed"
+        return {
+            "type": kind,
+            "reason": reason,
+            "release_id": release_id,
+            "device": pseud,
+            "stream": req.stream,
+            "feature_set": req.feature_set,
+            "window_index": req.window_index,
+            "start_ns": req.start_ns,
+            "end_ns": req.end_ns,
+            **detail,
+        }
+
+    def _suppress(
+        self, req: ReleaseRequest, skey: str, release_id: str, pseud: str, reason: str, detail: dict[str, Any]
+    ) -> Suppression:
+        event = self._event(req, release_id, pseud, reason, detail)
+        self._acct.record_suppression(req.device_id, skey, req.window_index, req.end_ns, release_id, reason, event)
+        self.stats["suppressed"] += 1
+        return Suppression(release_id, reason, event)
+
+
+def _digest(out: np.ndarray, sel: np.ndarray | None) -> str:
+    h = hashlib.blake2b(out.tobytes(), digest_size=12)
+    if sel is not None:
+        h.update(sel.astype("<i8").tobytes())
+    return h.hexdigest()
+
+
+def _check_request(req: ReleaseRequest) -> None:
+    if not isinstance(req.device_id, str) or not req.device_id:
+        raise PrivacyError(f"device_id must be a non-empty string, got {req.device_id!r}")
+    if not isinstance(req.window_index, int | np.integer) or req.window_index < 0:
+        raise PrivacyError(f"window_index must be an integer >= 0, got {req.window_index!r}")
+    if not req.end_ns >= req.start_ns:
+        raise PrivacyError(f"window must satisfy start_ns <= end_ns, got [{req.start_ns}, {req.end_ns}]")
+    if not (req.hop_s > 0 and req.length_s > 0 and math.isfinite(req.hop_s) and math.isfinite(req.length_s)):
+        raise PrivacyError(
+            f"hop_s and length_s must be finite and > 0 s, got hop_s={req.hop_s!r}, length_s={req.length_s!r}"
+        )

@@ -1,0 +1,139 @@
+"""Analyst-side estimators: population means and category frequencies from many devices' releases.
+
+Numeric releases are unbiased for the (clipped) true value, so the population mean is the
+sample mean; its confidence interval uses the mechanism's worst-case variance over the bounds
+(:func:`mechanism_variance` maximized over ``x``), which gives at least nominal coverage.
+Binary and categorical releases (randomized response) are debiased per category:
+``f_v = (c_v / n - q) / (p - q)`` with variance
+``(q (1 - q) + f_v (p - q)(1 - p - q)) / (n (p - q)^2)``, exact for the ``n`` reporting devices
+(Wang et al., USENIX Security 2017).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from pipeline.errors import PrivacyError
+from pipeline.privacy import mechanisms as mech
+from pipeline.validation import check_option, check_range
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A point estimate with its variance and a two-sided confidence interval."""
+
+    value: float
+    variance: float
+    ci_low: float
+    ci_high: float
+    n: int
+    confidence: float
+
+
+def mechanism_variance(
+    mechanism: str,
+    epsilon: float,
+    lower: float,
+    upper: float,
+    x: np.ndarray | float,
+    grid_steps: int = 1024,
+    sigma_steps: float | None = None,
+) -> np.ndarray:
+    """Exact variance of one numeric release of true value ``x`` (feature units^2).
+
+    Includes the randomized rounding of ``x`` to the grid. ``sigma_steps`` is required for
+    ``gaussian`` (see ``ReleasePlan.sigma_steps``) and is then an upper bound (the discrete
+    Gaussian's variance is below ``sigma^2``).
+    """
+    check_option("mechanism", mechanism, ("laplace", "gaussian", "piecewise", "duchi"))
+    g = grid_steps
+    step = (upper - lower) / g
+    z = (np.clip(np.asarray(x, dtype=np.float64), lower, upper) - lower) / step
+    k0 = np.floor(z)
+    f = z - k0
+
+    def steps2(k: np.ndarray) -> np.ndarray:
+        if mechanism == "laplace":
+            return np.broadcast_to(mech.laplace_variance_steps(epsilon, g), np.shape(k))
+        if mechanism == "gaussian":
+            if sigma_steps is None:
+                raise PrivacyError("mechanism_variance('gaussian') needs sigma_steps")
+            return np.full(np.shape(k), sigma_steps**2)
+        if mechanism == "piecewise":
+            return mech.piecewise_variance_steps(epsilon, g, k)
+        return mech.duchi_variance_steps(epsilon, g, k)
+
+    inner = (1.0 - f) * steps2(k0) + f * steps2(np.minimum(k0 + 1.0, g))
+    return step * step * (inner + f * (1.0 - f))
+
+
+def worst_variance(
+    mechanism: str, epsilon: float, lower: float, upper: float, grid_steps: int = 1024, sigma_steps: float | None = None
+) -> float:
+    """Largest :func:`mechanism_variance` over ``x`` in ``[lower, upper]`` (grid points and midpoints)."""
+    xs = lower + (upper - lower) * np.linspace(0.0, 1.0, 2 * grid_steps + 1)
+    return float(np.max(mechanism_variance(mechanism, epsilon, lower, upper, xs, grid_steps, sigma_steps)))
+
+
+def _z(confidence: float) -> float:
+    check_range("confidence", confidence, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def estimate_mean(
+    values: np.ndarray,
+    *,
+    mechanism: str,
+    epsilon: float,
+    lower: float,
+    upper: float,
+    grid_steps: int = 1024,
+    confidence: float = 0.95,
+    sigma_steps: float | None = None,
+) -> Estimate:
+    """Unbiased population mean of a numeric feature from one release per device.
+
+    Parameters
+    ----------
+    values : array
+        The released values (one per device) of one feature, all made with the same
+        ``mechanism`` and ``epsilon`` (``PrivateRelease.feature_epsilon``).
+    confidence : float
+        Two-sided level of the normal-approximation interval.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise PrivacyError("estimate_mean needs at least one release")
+    var = worst_variance(mechanism, epsilon, lower, upper, grid_steps, sigma_steps) / v.size
+    half = _z(confidence) * np.sqrt(var)
+    m = float(v.mean())
+    return Estimate(m, var, m - half, m + half, int(v.size), confidence)
+
+
+def estimate_frequency(
+    reports: np.ndarray, *, n_categories: int, epsilon: float, confidence: float = 0.95
+) -> list[Estimate]:
+    """Unbiased frequency of every category from randomized-response reports (indices).
+
+    Returns one :class:`Estimate` per category (index order); estimates may fall outside [0, 1].
+    """
+    r = np.asarray(reports)
+    n = r.size
+    if n == 0:
+        raise PrivacyError("estimate_frequency needs at least one report")
+    if n_categories < 2:
+        raise PrivacyError(f"n_categories must be >= 2, got {n_categories}")
+    counts = np.bincount(np.asarray(r, dtype=np.int64), minlength=n_categories)
+    if counts.size > n_categories:
+        raise PrivacyError(f"reports contain category {counts.size - 1}, but n_categories is {n_categories}")
+    p, q = (float(a) for a in mech.grr_probs(epsilon, n_categories))
+    f = (counts / n - q) / (p - q)
+    var = (q * (1.0 - q) + np.clip(f, 0.0, 1.0) * (p - q) * (1.0 - p - q)) / (n * (p - q) ** 2)
+    z = _z(confidence)
+    return [
+        Estimate(float(fi), float(vi), float(fi - z * np.sqrt(vi)), float(fi + z * np.sqrt(vi)), n, confidence)
+        for fi, vi in zip(f, var, strict=True)
+    ]

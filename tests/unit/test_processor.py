@@ -1,0 +1,137 @@
+"""The processing core without any broker: bytes in, releases / dead letters / events out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.features import DEFAULT_WINDOWS, FeatureSet
+from pipeline.frames import Frame, encode_frame, make_frame
+from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
+from pipeline.processor import Processor
+
+T0 = 1_764_000_000_000_000_000
+CHANNELS = ["Fz", "Cz", "Pz"]
+
+
+def eeg_frames(device: str = "eeg-1", seconds: float = 4.0, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    n, rate = 32, 256.0
+    return [
+        make_frame(device, "eeg", k, T0 + int(k * n * 1e9 / rate), rate, CHANNELS, "uV",
+                   rng.normal(0, 20, (len(CHANNELS), n)), send_ns=T0 + k)
+        for k in range(int(seconds * rate / n))
+    ]
+
+
+def make_processor(tmp_path: Path, config: PrivacyConfig | None = None) -> Processor:
+    keys = load_keys(tmp_path / "keys.json")
+    return Processor(PrivacyEngine(config or PrivacyConfig.default(), keys), keys.pseudonym, clock=lambda: 42)
+
+
+def run(proc: Processor, frames: list[Frame]) -> list[dict]:
+    docs = []
+    for f in frames:
+        out = proc.process(encode_frame(f), f.device_id.encode())
+        assert not out.dead_letters
+        docs += [json.loads(r.value) for r in out.releases]
+    return docs
+
+
+def test_eeg_windows_become_releases(tmp_path: Path) -> None:
+    docs = run(make_processor(tmp_path), eeg_frames(seconds=4.0))
+    w = DEFAULT_WINDOWS["eeg"]
+    assert len(docs) == int((4.0 - w.length_s) / w.hop_s) + 1 == 5
+    assert [d["window_index"] for d in docs] == sorted({d["window_index"] for d in docs})
+    for d in docs:
+        assert d["modality"] == "eeg" and d["stream"] == "eeg" and d["feature_set"] == "eeg"
+        assert d["epsilon"] > 0 and d["mechanism"] and d["features"]
+        assert d["t_release_ns"] == 42
+        assert d["window_end_ns"] - d["window_start_ns"] == pytest.approx(w.length_s * 1e9, rel=0.01)
+        assert "eeg-1" not in json.dumps(d)
+
+
+def test_releases_contain_no_raw_values_and_differ_from_clean_features(tmp_path: Path) -> None:
+    frames = eeg_frames(seconds=3.0)
+    proc = make_processor(tmp_path)
+    docs = run(proc, frames)
+    raw = {float(v) for f in frames for v in f.samples.ravel()}
+    assert not raw & {v for d in docs for v in d["features"].values()}
+    # The released values are noised: they differ from the clean feature values of the window.
+    fs: FeatureSet = proc._feature_sets("eeg")[0]
+    from pipeline.windows import Windower
+
+    windower = Windower(fs.window)
+    clean = [fs.compute(w) for f in frames for w in windower.push(f)]
+    assert len(clean) == len(docs)
+    for c, d in zip(clean, docs, strict=True):
+        common = set(c) & set(d["features"])
+        assert common
+        assert sum(c[k] != d["features"][k] for k in common) >= 0.9 * len(common)
+
+
+def test_same_frames_same_keys_give_identical_releases(tmp_path: Path) -> None:
+    frames = eeg_frames(seconds=3.0, seed=3)
+    a_proc = make_processor(tmp_path)
+    a = [r.value for f in frames for r in a_proc.process(encode_frame(f), b"eeg-1").releases]
+    b_proc = make_processor(tmp_path)
+    b = [r.value for f in frames for r in b_proc.process(encode_frame(f, "json"), b"eeg-1").releases]
+    assert a and a == b
+    other = make_processor(tmp_path / "other")
+    c = [r.value for f in frames for r in other.process(encode_frame(f), b"eeg-1").releases]
+    assert [json.loads(x)["features"] for x in c] != [json.loads(x)["features"] for x in a]
+
+
+def test_bad_messages_become_dead_letters_with_original_bytes(tmp_path: Path) -> None:
+    proc = make_processor(tmp_path)
+    good = eeg_frames(seconds=1.0)
+    cases = {
+        b"garbage": "undecodable",
+        b'{"v": 2}': "unknown_version",
+        encode_frame(good[0]).replace(b"eeg-1", b"eeg-2"): "key_mismatch",
+    }
+    for value, reason in cases.items():
+        out = proc.process(value, b"eeg-1")
+        assert not out.releases
+        assert [(d.reason, d.value, d.key) for d in out.dead_letters] == [(reason, value, b"eeg-1")]
+    assert proc.stats.dead_letters == 3 and proc.stats.by_reason == {
+        "undecodable": 1, "unknown_version": 1, "key_mismatch": 1}
+    # good frames keep flowing afterwards
+    assert run(proc, eeg_frames(seconds=2.5)) != []
+
+
+def test_feature_error_is_an_event_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = make_processor(tmp_path)
+    fs = proc._feature_sets("eeg")[0]
+
+    def boom(window: object) -> dict[str, float]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(fs.extractor, "compute", boom)
+    events = []
+    for f in eeg_frames(seconds=2.5):
+        out = proc.process(encode_frame(f), b"eeg-1")
+        assert not out.releases and not out.dead_letters
+        events += out.events
+    assert [e["event"] for e in events] == ["feature_error", "feature_error"]
+    assert all("eeg-1" not in json.dumps(e) for e in events)
+    assert proc.stats.feature_errors == 2
+
+
+def test_budget_exhaustion_suppresses_and_emits_an_event(tmp_path: Path) -> None:
+    # Each release costs 0.5; the lifetime cap pays for exactly three.
+    config = PrivacyConfig.from_mapping({"epsilon": 0.5, "lifetime_epsilon": 1.5, "w_event": None, "period": None})
+    proc = make_processor(tmp_path, config)
+    released, events = [], []
+    for f in eeg_frames(seconds=5.0):
+        out = proc.process(encode_frame(f), b"eeg-1")
+        released += out.releases
+        events += out.events
+    assert len(released) == 3
+    assert len(events) == 7 - 3
+    assert {e["event"] for e in events} == {"release_suppressed"}
+    assert all("features" not in e and "eeg-1" not in json.dumps(e) for e in events)
+    assert proc.stats.suppressed == 4
