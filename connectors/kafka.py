@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,10 +160,28 @@ def make_consumer(
         return KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group_id, **settings)
 
 
+def _tcp_reachable(bootstrap: str, timeout_s: float) -> bool:
+    """True when a TCP connection to some ``host:port`` of ``bootstrap`` succeeds."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def check_broker(bootstrap: str = DEFAULT_BOOTSTRAP, timeout_s: float = 5.0) -> None:
-    """Raise :class:`BrokerError` unless a broker answers at ``bootstrap`` within ``timeout_s``."""
+    """Raise :class:`BrokerError` unless a broker answers at ``bootstrap`` within ``timeout_s``.
+
+    A plain TCP probe comes first: when nothing listens, the error is immediate, and no Kafka
+    client is built (kafka-python leaves sockets open when its bootstrap fails).
+    """
     from kafka import KafkaAdminClient
 
+    if not _tcp_reachable(bootstrap, min(timeout_s, 2.0)):
+        raise BrokerError(f"no Kafka broker answers at {bootstrap} (connection refused); start one with `biopriv kafka up`")
     with broker_errors(bootstrap):
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
