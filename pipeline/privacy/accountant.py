@@ -23,7 +23,9 @@ as ``late`` (it could meet dropped entries).
 
 from __future__ import annotations
 
+import functools
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,12 @@ def to_units(epsilon: float, round_up: bool) -> int:
     return int(math.ceil(v)) if round_up else int(math.floor(v))
 
 
+@functools.lru_cache(maxsize=256)
+def _cost_units(epsilon: float) -> int:
+    """``to_units(epsilon, round_up=True)``, memoized: a plan charges the same epsilon every time."""
+    return to_units(epsilon, round_up=True)
+
+
 def to_epsilon(units: int) -> float:
     """Units back to epsilon."""
     return units / UNITS_PER_EPSILON
@@ -61,18 +69,74 @@ class Shortfall:
 
 
 class _Device:
-    __slots__ = ("starts", "ends", "costs", "n", "max_end", "periods", "lifetime", "delta", "streams")
+    __slots__ = ("starts", "ends", "costs", "n", "max_end", "periods", "lifetime", "delta", "streams", "windex")
 
     def __init__(self) -> None:
         self.starts = np.zeros(64, dtype=np.int64)
         self.ends = np.zeros(64, dtype=np.int64)
         self.costs = np.zeros(64, dtype=np.int64)
         self.n = 0
+        self.windex = _WIndex()
         self.max_end: int | None = None
         self.periods: dict[int, int] = {}
         self.lifetime = 0
         self.delta = 0.0
         self.streams: dict[str, _Stream] = {}
+
+
+class _WIndex:
+    """The same entries as ``_Device.starts/ends/costs``, sorted by end, with the w-event sum at each end.
+
+    ``sums[j] = W(ends[j])`` where ``W(a) = sum(c_i : e_i >= a and s_i <= a + T)`` over all current
+    entries: the sum of the interval ``[a, a + T]``. Adding an entry ``(s, e, c)`` adds ``c`` to
+    ``W(a)`` exactly for ``s - T <= a <= e``, a contiguous run of ``ends``; dropping entries older
+    than a cutoff drops a prefix and changes no remaining sum (an entry counts at ``a`` only if it
+    ends at or after ``a``). All integer, so the maintained sums equal the recomputed ones.
+    """
+
+    __slots__ = ("ends", "starts", "costs", "sums")
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.starts: list[int] = []
+        self.costs: list[int] = []
+        self.sums: list[int] = []
+
+    def at(self, a: int, horizon: int) -> int:
+        """``W(a)``, by a scan of the entries ending at or after ``a``."""
+        lim = a + horizon
+        starts, costs = self.starts, self.costs
+        first, n = bisect_left(self.ends, a), len(starts)
+        if first >= n - 1:  # none or one (the usual case: the entry just added)
+            return costs[first] if first == n - 1 and starts[first] <= lim else 0
+        return sum(costs[i] for i in range(first, n) if starts[i] <= lim)
+
+    def worst(self, start: int, end: int, horizon: int) -> int:
+        """``max W(a)`` over ``a`` in the entry ends within ``[start - T, end]`` and ``a = end``."""
+        ends = self.ends
+        j0 = bisect_left(ends, start - horizon)
+        if j0 == len(ends):
+            return 0
+        j1 = bisect_right(ends, end)
+        here = self.at(end, horizon) if j1 < len(ends) else 0  # entries ending after ``end``
+        return max(here, max(self.sums[j0:j1], default=0))
+
+    def add(self, start: int, end: int, cost: int, horizon: int) -> None:
+        ends, sums = self.ends, self.sums
+        j0 = bisect_left(ends, start - horizon)
+        j1 = bisect_right(ends, end)
+        if j0 < j1:
+            sums[j0:j1] = [v + cost for v in sums[j0:j1]]
+        ends.insert(j1, end)
+        self.starts.insert(j1, start)
+        self.costs.insert(j1, cost)
+        sums.insert(j1, 0)
+        sums[j1] = self.at(end, horizon)
+
+    def drop_before(self, cutoff: int) -> None:
+        j = bisect_left(self.ends, cutoff)
+        if j:
+            del self.ends[:j], self.starts[:j], self.costs[:j], self.sums[:j]
 
 
 class _Stream:
@@ -124,7 +188,18 @@ class Accountant:
         return dev is not None and dev.max_end is not None and start_ns < dev.max_end - self._retention_ns
 
     def _w_sum(self, dev: _Device | None, start_ns: int, end_ns: int, cost: int) -> int:
-        """Worst w-event sum over intervals meeting ``[start_ns, end_ns]`` if ``cost`` is added."""
+        """Worst w-event sum over intervals meeting ``[start_ns, end_ns]`` if ``cost`` is added.
+
+        Uses the device's incremental :class:`_WIndex` (``O(log n)`` plus the entries within the
+        horizon); :meth:`_w_sum_scan` is the direct computation it equals.
+        """
+        assert self._horizon_ns is not None
+        if dev is None or dev.n == 0:
+            return cost
+        return dev.windex.worst(start_ns, end_ns, self._horizon_ns) + cost
+
+    def _w_sum_scan(self, dev: _Device | None, start_ns: int, end_ns: int, cost: int) -> int:
+        """:meth:`_w_sum` computed directly over the device's entries (reference, for tests)."""
         assert self._horizon_ns is not None
         if dev is None or dev.n == 0:
             return cost
@@ -151,7 +226,7 @@ class Accountant:
             Per rule: ``epsilon`` (the budget), ``spent`` and ``remaining`` as they will be once
             the release is charged (as they are, when it cannot be paid).
         """
-        cost = to_units(epsilon, round_up=True)
+        cost = _cost_units(epsilon)
         dev = self._devices.get(device_id)
         short: Shortfall | None = None
         budget: dict[str, Any] = {}
@@ -164,19 +239,19 @@ class Accountant:
             rules.append(("period", self._period_budget, 0 if dev is None else dev.periods.get(idx, 0), {"index": idx}))
         if self._w_budget is not None:
             rules.append(("w_event", self._w_budget, self._w_sum(dev, start_ns, end_ns, 0), {}))
-        for rule, limit, spent, extra in rules:
-            if short is None and spent + cost > limit:
+        for rule, limit, spent, _ in rules:
+            if spent + cost > limit:
                 short = Shortfall(rule, to_epsilon(cost), to_epsilon(limit - spent))
+                break
+        paid = cost if short is None else 0
+        u = UNITS_PER_EPSILON  # (x / u is to_epsilon(x), inlined: this runs for every release)
+        for rule, limit, spent, extra in rules:
             budget[rule] = {
                 **extra,
-                "epsilon": to_epsilon(limit),
-                "spent": to_epsilon(spent),
-                "remaining": to_epsilon(limit - spent),
+                "epsilon": limit / u,
+                "spent": (spent + paid) / u,
+                "remaining": (limit - spent - paid) / u,
             }
-        if short is None:
-            for rule, limit, spent, _ in rules:
-                budget[rule]["spent"] = to_epsilon(spent + cost)
-                budget[rule]["remaining"] = to_epsilon(limit - spent - cost)
         return short, budget
 
     def shortfall(self, device_id: str, start_ns: int, end_ns: int, epsilon: float) -> Shortfall | None:
@@ -210,7 +285,7 @@ class Accountant:
         digest: str,
     ) -> None:
         """Record a release (call only after :meth:`shortfall` returned None)."""
-        cost = to_units(epsilon, round_up=True)
+        cost = _cost_units(epsilon)
         dev = self._device(device_id)
         if dev.n == dev.starts.size:
             self._prune(dev)
@@ -222,6 +297,8 @@ class Accountant:
         dev.ends[dev.n] = end_ns
         dev.costs[dev.n] = cost
         dev.n += 1
+        if self._horizon_ns is not None:
+            dev.windex.add(int(start_ns), int(end_ns), cost, self._horizon_ns)
         if self._period_ns is not None:
             idx = end_ns // self._period_ns
             dev.periods[idx] = dev.periods.get(idx, 0) + cost
@@ -265,6 +342,7 @@ class Accountant:
             arr = getattr(dev, name)
             arr[:k] = arr[: dev.n][keep]
         dev.n = k
+        dev.windex.drop_before(cutoff)
         if self._period_ns is not None:
             oldest = cutoff // self._period_ns
             dev.periods = {i: v for i, v in dev.periods.items() if i >= oldest}
@@ -304,6 +382,10 @@ class Accountant:
                 dev.starts, dev.ends, dev.costs = (np.zeros(size, dtype=np.int64) for _ in range(3))
                 dev.n = len(entries)
                 dev.starts[: dev.n], dev.ends[: dev.n], dev.costs[: dev.n] = entries[:, 0], entries[:, 1], entries[:, 2]
+                dev.windex = _WIndex()
+                if self._horizon_ns is not None:
+                    for a, b, c in entries.tolist():
+                        dev.windex.add(a, b, c, self._horizon_ns)
                 dev.max_end = d["max_end_ns"]
                 dev.periods = {int(k): int(v) for k, v in d["periods"].items()}
                 dev.lifetime = int(d["lifetime_units"])

@@ -73,6 +73,14 @@ class NoiseStream:
             _zeros = memoryview(bytes(8 * n))
         return np.frombuffer(self._enc.update(_zeros[: 8 * n]), dtype="<u8")
 
+    def fill(self, out: np.ndarray) -> None:
+        """Overwrite ``out`` (a C-contiguous ``<u8`` array) with the next ``out.size`` words of :meth:`raw`."""
+        global _zeros
+        nbytes = out.nbytes
+        if nbytes > len(_zeros):
+            _zeros = memoryview(bytes(nbytes))
+        self._enc.update_into(_zeros[:nbytes], out.data.cast("B"))
+
     def uniform(self, n: int) -> np.ndarray:
         """``n`` float64 uniforms strictly inside (0, 1), 52 random bits each."""
         return to_uniform(self.raw(n))

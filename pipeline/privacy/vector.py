@@ -19,7 +19,9 @@ empirically. A :class:`ReleasePlan` is compiled once per feature set and cached 
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -27,13 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PrivacyError
 from pipeline.features.spec import FeatureSpec
 from pipeline.privacy import mechanisms as mech
 from pipeline.privacy.config import PrivacyConfig, check_spec_bounds
-from pipeline.privacy.noise import NoiseStream, discrete_gaussian, to_uniform
+from pipeline.privacy.noise import NoiseStream, discrete_gaussian
 
 _ORDER = {m: i for i, m in enumerate(mech.MECHANISMS)}
+_sum = np.add.reduce
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,23 +242,100 @@ class ReleasePlan:
         need = max(_UNIFORMS[m] for m in mechs)
         self._sample_row = 1 + need if strategy == "sample" else None
         self._rows = 1 + need + (strategy == "sample")
+        self._compile_fast_path(specs)
 
-    def apply(self, values: Mapping[str, float], stream: NoiseStream) -> tuple[np.ndarray, np.ndarray | None]:
-        """Privatize ``values``; returns (released values in plan order, sampled indices or None)."""
+    def _compile_fast_path(self, specs: Sequence[FeatureSpec]) -> None:
+        """Precompute what :meth:`apply` needs beyond the parameters: all data-independent."""
+        d, n = self.d, self._rows * self.d
+        pos = {s.name: i for i, s in enumerate(specs)}
+        perm = np.array([pos[name] for name in self.names], dtype=np.intp)
+        self._perm = None if np.array_equal(perm, np.arange(d)) else perm
+        # steps that are the identity for this plan are skipped (exactly: they would add 0.0 or
+        # multiply by 1.0, and the rounding step below normalizes any signed zero)
+        self._sub_lo = bool(np.any(self.lo != 0.0))
+        self._mul_step = bool(np.any(self.inv_step != 1.0))
+        self._add_shift = bool(np.any(self.shift != 0.0))
+        self._rand_all = bool(np.all(self.rand == 1.0))
+        self._rand_any = bool(np.any(self.rand != 0.0))
+        # to_uniform, as full-length operands (faster than broadcasting numpy scalars)
+        self._u_shift = np.full(n, 12, dtype="<u8")
+        self._u_one = np.full(n, 0x3FF0000000000000, dtype="<u8")
+        self._u_half = np.full(n, 1.0 - 2.0**-53)
+        self._fast: Callable[..., np.ndarray] | None = None
+        self._fast_params: tuple[Any, ...] = ()
+        if len(self.groups) != 1:
+            return
+        m, _, p = self.groups[0]
+        g = float(self._grid_steps)
+        full = np.full(d, 1.0)
+        if m == "laplace":
+            self._fast, self._fast_params = _fast_laplace, (full * p["log_q"], self.offset, self.out_step)
+        elif m == "piecewise":
+            self._fast = _fast_piecewise
+            self._fast_params = (full * p["h"], full * g, full * p["p_high"], self.offset, self.out_step)
+        elif m == "duchi":
+            # released value offset + j out_step for j in {0, 1}, as the general path computes it
+            self._fast = _fast_duchi
+            self._fast_params = (
+                full * g,
+                full * 0.5,
+                full * p["slope"],
+                self.offset + 1.0 * self.out_step,
+                self.offset + 0.0 * self.out_step,
+            )
+
+    def apply(
+        self, values: Mapping[str, float] | np.ndarray, stream: NoiseStream
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Privatize ``values``; returns (released values in plan order, sampled indices or None).
+
+        ``values`` is a mapping feature name -> value, or a 1-D array in the order of the specs the
+        plan was built from. The work is a fixed sequence of in-place numpy operations on a few
+        buffers; steps that are the identity for this plan (e.g. the category shift when every
+        feature is numeric) are skipped, which leaves every result bit-identical.
+        """
         d = self.d
-        if isinstance(values, dict) and list(values) == self._names_list:
-            x = np.fromiter(values.values(), dtype=np.float64, count=d)
-        else:
-            x = np.array(self.getter(values) if d > 1 else (values[self.names[0]],), dtype=np.float64)
-        nan = np.isnan(x)
-        if nan.any():
-            x[nan] = self.default[nan]
-        np.clip(x, self.lo, self.hi, out=x)
-        z = (x - self.lo) * self.inv_step + self.shift
-        k = np.floor(z)
-        raw = stream.raw(self._rows * d)
-        u = to_uniform(raw).reshape(self._rows, d)
-        k += (u[0] < z - k) * self.rand
+        x = self._gather(values)
+        np.maximum(x, self.lo, out=x)
+        np.minimum(x, self.hi, out=x)
+        # NaN survives clipping and poisons the sum (a sum of finite values can at worst reach
+        # inf - inf = NaN: a false alarm, and the mask below then finds nothing)
+        if math.isnan(_sum(x)):
+            np.copyto(x, self.default, where=np.isnan(x))  # the defaults lie inside the bounds
+        # z = (x - lo) G / width (+ 1/2 for categories), in place in x
+        if self._sub_lo:
+            np.subtract(x, self.lo, out=x)
+        if self._mul_step:
+            np.multiply(x, self.inv_step, out=x)
+        if self._add_shift:
+            np.add(x, self.shift, out=x)
+        k = np.floor(x)
+        np.subtract(x, k, out=x)  # frac(z)
+        # one keystream read: rows of 64-bit words, mapped to uniforms in place
+        n = self._rows * d
+        buf = np.empty(n, dtype="<u8")
+        stream.fill(buf)
+        if not _LITTLE_ENDIAN:  # the in-place bit tricks below need native words
+            buf = buf.astype(np.uint64)
+        sel = None
+        if self._sample_row is not None:
+            r = self._sample_row
+            sel = _smallest(buf[r * d : (r + 1) * d], self.k)
+        np.right_shift(buf, self._u_shift, out=buf)
+        np.bitwise_or(buf, self._u_one, out=buf)
+        flat = buf.view(np.float64)
+        np.subtract(flat, self._u_half, out=flat)  # == noise.to_uniform(raw words)
+        u = flat.reshape(self._rows, d)
+        # unbiased randomized rounding: k += [u0 < frac(z)] (numeric features only)
+        up = np.less(u[0], x)
+        if self._rand_all:
+            np.add(k, up, out=k)
+        elif self._rand_any:
+            np.multiply(up, self.rand, out=x)
+            np.add(k, x, out=k)
+        out = np.empty(d)
+        if self._fast is not None:
+            return self._fast(k, u, out, x, up, self._fast_params), sel
         j = np.empty(d)
         g = self.grid_steps
         for m, sl, p in self.groups:
@@ -268,14 +349,24 @@ class ReleasePlan:
                 j[sl] = k[sl] + discrete_gaussian(p["sigma"], u[1:4, sl], stream)
             else:
                 j[sl] = mech.grr_kernel(k[sl], u[1, sl], u[2, sl], p["n_categories"], p["p_keep"])
-        out = self.offset + j * self.out_step
-        if self._sample_row is not None:
-            r = self._sample_row
-            sel = (
-                np.sort(np.argpartition(raw[r * d : (r + 1) * d], self.k - 1)[: self.k]) if self.k < d else np.arange(d)
-            )
-            return out, sel
-        return out, None
+        np.multiply(j, self.out_step, out=out)
+        np.add(out, self.offset, out=out)
+        return out, sel
+
+    def _gather(self, values: Mapping[str, float] | np.ndarray) -> np.ndarray:
+        """A fresh float64 copy of ``values`` in plan order."""
+        d = self.d
+        if isinstance(values, np.ndarray):
+            if values.shape != (d,):
+                raise PrivacyError(
+                    f"{self.feature_set!r}: a value array must have shape ({d},) in spec order, got {values.shape}"
+                )
+            if self._perm is None:
+                return np.array(values, dtype=np.float64)
+            return np.asarray(values, dtype=np.float64)[self._perm]
+        if isinstance(values, dict) and list(values) == self._names_list:
+            return np.fromiter(values.values(), dtype=np.float64, count=d)
+        return np.array(self.getter(values) if d > 1 else (values[self.names[0]],), dtype=np.float64)
 
     @property
     def grid_steps(self) -> int:
@@ -285,8 +376,82 @@ class ReleasePlan:
         """Released values keyed by feature name (only the sampled ones under ``sample``)."""
         if sel is None:
             return ReleasedValues(self.names, self._index, out)
-        names = tuple(self._names_arr[sel].tolist())
+        all_names = self.names
+        names = tuple([all_names[i] for i in sel.tolist()])
         return ReleasedValues(names, {n: i for i, n in enumerate(names)}, out[sel])
+
+
+def _smallest(row: np.ndarray, k: int) -> np.ndarray:
+    """Sorted positions of the ``k`` smallest words of ``row`` (the sampled features).
+
+    Same result as ``np.sort(np.argpartition(row, k - 1)[:k])``; for ``k = 1`` by ``argmin``,
+    which is several times faster, unless the minimum is tied (then argpartition decides, as before).
+    """
+    d = row.size
+    if k >= d:
+        return np.arange(d)
+    if k == 1:
+        i = int(row.argmin())
+        if np.count_nonzero(row == row[i]) == 1:
+            return np.array([i])
+    return np.sort(np.argpartition(row, k - 1)[:k])
+
+
+# Fused kernels of single-mechanism plans: the same floating-point operations, in the same order
+# on the same operands, as the general path (mechanisms.*_kernel, then offset + j * out_step), but
+# in place on the caller's buffers. Arguments: grid index k, uniforms u (rows), output buffer out,
+# float scratch t, bool scratch b; k, t and b are clobbered.
+def _fast_laplace(
+    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
+) -> np.ndarray:
+    log_q, offset, out_step = p
+    np.log(u[1], out=out)
+    np.divide(out, log_q, out=out)
+    np.floor(out, out=out)
+    np.log(u[2], out=t)
+    np.divide(t, log_q, out=t)
+    np.floor(t, out=t)
+    np.subtract(out, t, out=out)
+    np.add(k, out, out=out)
+    np.multiply(out, out_step, out=out)
+    np.add(out, offset, out=out)
+    return out
+
+
+def _fast_piecewise(
+    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
+) -> np.ndarray:
+    # piecewise_kernel clamps floor(u h) to h - 1 and floor(u G) to G - 1. With u <= 1 - 2^-53 that
+    # is never needed: for any float c > 0, fl((1 - 2^-53) c) < c (c 2^-53 is at least half the
+    # spacing of the floats just below c, and exactly that spacing when c is a power of two), so
+    # floor(u c) <= c - 1 for integer c. Dropping the two no-op minimums keeps every bit.
+    h, g, p_high, offset, out_step = p
+    u2 = u[2]
+    np.multiply(u2, h, out=t)  # j_in = k + floor(u2 h)
+    np.floor(t, out=t)
+    np.add(k, t, out=t)
+    np.multiply(u2, g, out=out)  # j_out = floor(u2 G) + h [j_out >= k]
+    np.floor(out, out=out)
+    np.greater_equal(out, k, out=b)
+    np.multiply(h, b, out=k)
+    np.add(out, k, out=out)
+    np.less(u[1], p_high, out=b)
+    np.copyto(out, t, where=b)
+    np.multiply(out, out_step, out=out)
+    np.add(out, offset, out=out)
+    return out
+
+
+def _fast_duchi(
+    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
+) -> np.ndarray:
+    g, half, slope, high, low = p
+    np.divide(k, g, out=t)
+    np.subtract(t, half, out=t)
+    np.multiply(t, slope, out=t)
+    np.add(half, t, out=t)
+    np.less(u[1], t, out=b)
+    return np.where(b, high, low)
 
 
 #: Uniforms per feature each mechanism consumes (beyond the rounding one).

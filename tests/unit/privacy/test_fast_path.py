@@ -1,0 +1,239 @@
+"""The optimized hot path: bit-identical to the reference computation, array input, w-event index."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from privacy_helpers import SPECS, fixed_keys, request
+
+from pipeline.errors import PrivacyError
+from pipeline.features.spec import FeatureSpec
+from pipeline.privacy import PrivacyConfig, PrivacyEngine, PrivateRelease, WEventRule
+from pipeline.privacy import mechanisms as mech
+from pipeline.privacy.accountant import Accountant
+from pipeline.privacy.noise import NoiseStream, discrete_gaussian, to_uniform
+from pipeline.privacy.vector import ReleasePlan, _smallest
+
+SEC = 1_000_000_000
+EEG = tuple(FeatureSpec(f"eeg.{c}.{b}", "1", 0.0, 1.0) for c in range(64) for b in range(5))
+WIDE = tuple(FeatureSpec(f"y{i}", "u", -3.0, 11.5) for i in range(40)) + SPECS
+CASES = {
+    "piecewise": ({"epsilon": 8.0, "strategy": "split", "w_event": None, "mechanisms": {"*": "piecewise"}}, EEG),
+    "laplace": ({"epsilon": 8.0, "strategy": "split", "w_event": None, "mechanisms": {"*": "laplace"}}, EEG),
+    "default": ({}, EEG),
+    "piecewise_g1000": (
+        {"epsilon": 5.0, "grid_steps": 1000, "strategy": "split", "w_event": None, "mechanisms": {"y*": "piecewise"}},
+        WIDE[:40],
+    ),
+    "duchi_wide": ({"epsilon": 1.0, "strategy": "split", "w_event": None, "mechanisms": {"y*": "duchi"}}, WIDE[:40]),
+    "mixed_split": ({"epsilon": 2.0, "strategy": "split", "w_event": None}, WIDE),
+    "mixed_sample": ({"epsilon": 3.0, "strategy": "sample", "sample_k": 3, "w_event": None}, WIDE),
+    "gaussian": (
+        {"epsilon": 2.0, "delta": 1e-6, "strategy": "split", "w_event": None, "mechanisms": {"y*": "gaussian"}},
+        WIDE,
+    ),
+}
+#: Releases of the code before the fused fast path (same keys and identities): the noise derivation
+#: and every released bit must not change.
+GOLDEN = {
+    "piecewise": "745f48fc25a05678300a1cb26a72ea33",
+    "laplace": "33a39fae2fc84a45d56f467da01f0c6c",
+    "default": "a7777889b41d87d4de90c9f677f1e4c1",
+    "piecewise_g1000": "30c98219a7cb05a781c3ca59f722b0d7",
+    "duchi_wide": "aef7f6de4c09829101957a1c70388e7e",
+    "mixed_split": "1fe1bb5860b49efeb57cae80efd9d61f",
+    "mixed_sample": "d8f914586cfb0550c54bcbaf4927e06a",
+    "gaussian": "224e7174163f34ca3b65644de20f9fc0",
+}
+
+
+def _config(kw: dict[str, object]) -> PrivacyConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PrivacyConfig.default() if not kw else PrivacyConfig(**kw)  # type: ignore[arg-type]
+
+
+def _values(specs: tuple[FeatureSpec, ...], w: int) -> dict[str, float]:
+    """Values inside and outside the bounds, some NaN."""
+    rng = np.random.default_rng(w)
+    out = {}
+    for i, s in enumerate(specs):
+        if s.kind == "numeric":
+            v = float(rng.uniform(s.lower - 0.2 * s.width, s.upper + 0.2 * s.width))
+            out[s.name] = math.nan if i % 17 == 3 else v
+        else:
+            out[s.name] = float(rng.integers(0, len(s.categories) if s.kind == "categorical" else 2))
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_releases_are_bit_identical_to_before_and_for_array_input(case: str) -> None:
+    kw, specs = CASES[case]
+    by_map = PrivacyEngine(_config(kw), fixed_keys())
+    by_arr = PrivacyEngine(_config(kw), fixed_keys())
+    h = hashlib.sha256()
+    for w in range(40):
+        vals = _values(specs, w)
+        r = by_map.privatize(request(w, vals, specs=specs))
+        a = by_arr.privatize(request(w, np.array([vals[s.name] for s in specs]), specs=specs))  # type: ignore[arg-type]
+        assert isinstance(r, PrivateRelease) and isinstance(a, PrivateRelease)
+        assert a == r and np.array_equal(a.values.array.view(np.uint64), r.values.array.view(np.uint64))
+        h.update("\0".join(r.values.names).encode())
+        h.update(r.values.array.tobytes())
+    assert h.hexdigest()[:32] == GOLDEN[case]
+    assert by_arr.ledger_state() == by_map.ledger_state()
+
+
+def _reference_apply(plan: ReleasePlan, x: np.ndarray, stream: NoiseStream) -> tuple[np.ndarray, np.ndarray | None]:
+    """The plain (unfused) computation: clip, randomized rounding, kernels, grid; x in plan order."""
+    d = plan.d
+    x = x.copy()
+    nan = np.isnan(x)
+    x[nan] = plan.default[nan]
+    np.clip(x, plan.lo, plan.hi, out=x)
+    z = (x - plan.lo) * plan.inv_step + plan.shift
+    k = np.floor(z)
+    raw = stream.raw(plan._rows * d)
+    u = to_uniform(raw).reshape(plan._rows, d)
+    k += (u[0] < z - k) * plan.rand
+    j = np.empty(d)
+    g = plan.grid_steps
+    for m, sl, p in plan.groups:
+        if m == "laplace":
+            j[sl] = mech.laplace_kernel(k[sl], u[1, sl], u[2, sl], p["log_q"])
+        elif m == "piecewise":
+            j[sl] = mech.piecewise_kernel(k[sl], u[1, sl], u[2, sl], g, p["h"], p["p_high"])
+        elif m == "duchi":
+            j[sl] = mech.duchi_kernel(k[sl], u[1, sl], g, p["slope"])
+        elif m == "gaussian":
+            j[sl] = k[sl] + discrete_gaussian(p["sigma"], u[1:4, sl], stream)
+        else:
+            j[sl] = mech.grr_kernel(k[sl], u[1, sl], u[2, sl], p["n_categories"], p["p_keep"])
+    out = plan.offset + j * plan.out_step
+    if plan._sample_row is not None:
+        r = plan._sample_row
+        row = raw[r * d : (r + 1) * d]
+        sel = np.sort(np.argpartition(row, plan.k - 1)[: plan.k]) if plan.k < d else np.arange(d)
+        return out, sel
+    return out, None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mechanism=st.sampled_from(["laplace", "piecewise", "duchi"]),
+    eps=st.floats(0.05, 30.0),
+    grid=st.sampled_from([2, 6, 64, 1000, 1024, 4096]),
+    bounds=st.sampled_from([(0.0, 1.0), (-3.0, 11.5), (2.0, 9.0), (-1e6, 1e6)]),
+    strategy=st.sampled_from(["split", "sample"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_kernels_equal_the_reference_computation(
+    mechanism: str, eps: float, grid: int, bounds: tuple[float, float], strategy: str, seed: int
+) -> None:
+    lo, hi = bounds
+    specs = tuple(FeatureSpec(f"f{i}", "u", lo, hi) for i in range(37))
+    cfg = _config(
+        {"epsilon": eps, "grid_steps": grid, "strategy": strategy, "w_event": None, "mechanisms": {"*": mechanism}}
+    )
+    plan = ReleasePlan("fs", specs, cfg)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), plan.d)
+    x[rng.random(plan.d) < 0.1] = math.nan
+    x[rng.random(plan.d) < 0.1] = lo
+    x[rng.random(plan.d) < 0.1] = hi
+    x[rng.random(plan.d) < 0.05] = -0.0
+    key = seed.to_bytes(8, "little") * 4
+    out, sel = plan.apply(dict(zip(plan.names, x.tolist(), strict=True)), NoiseStream(key))
+    ref, ref_sel = _reference_apply(plan, x, NoiseStream(key))
+    assert np.array_equal(out.view(np.uint64), ref.view(np.uint64))
+    assert (sel is None and ref_sel is None) or np.array_equal(sel, ref_sel)  # type: ignore[arg-type]
+
+
+def test_smallest_matches_argpartition_including_ties() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        row = rng.integers(0, 6, rng.integers(1, 12)).astype("<u8")
+        for k in range(1, row.size + 1):
+            got = _smallest(row, k)
+            ref = np.sort(np.argpartition(row, k - 1)[:k]) if k < row.size else np.arange(row.size)
+            assert np.array_equal(got, ref)
+
+
+def test_array_values_must_have_one_value_per_spec(engine: PrivacyEngine) -> None:
+    with pytest.raises(PrivacyError, match="shape \\(4,\\)"):
+        engine.privatize(request(0, np.zeros(3)))  # type: ignore[arg-type]
+    with pytest.raises(PrivacyError, match="shape \\(4,\\)"):
+        engine.privatize(request(0, np.zeros((4, 1))))  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(0, 8), st.sampled_from([0.1, 0.25, 0.5])), min_size=1, max_size=60
+    ),
+    horizon=st.integers(0, 6),
+    retention=st.integers(1, 20),
+    restore_at=st.integers(0, 60),
+)
+def test_incremental_w_event_index_equals_the_direct_scan(
+    ops: list[tuple[int, int, float]], horizon: int, retention: int, restore_at: int
+) -> None:
+    """Out-of-order spans, pruning (tiny entry arrays) and a restore: the index stays exact."""
+    cfg = PrivacyConfig(epsilon=0.5, w_event=WEventRule(9.0, float(horizon) or 0.5), retention_s=float(retention))
+    acc = Accountant(cfg)
+    for i, (start_s, length, eps) in enumerate(ops):
+        start, end = start_s * SEC // 2, start_s * SEC // 2 + length * SEC // 2
+        if i == restore_at:
+            acc = Accountant(cfg, acc.state())
+        dev = acc._devices.get("d")
+        for a, b in ((start, end), (start, start), (end - SEC, end + SEC)):
+            if a <= b:
+                assert acc._w_sum(dev, a, b, 7) == acc._w_sum_scan(dev, a, b, 7)
+        acc.charge("d", "s", i, start, end, eps, 0.0, f"r{i}", "n1", "x")
+        dev = acc._devices["d"]
+        if i % 7 == 6:
+            acc._prune(dev)  # as charge() does when the entry arrays are full
+        assert sorted(zip(dev.windex.ends, dev.windex.starts, dev.windex.costs, strict=True)) == sorted(
+            zip(dev.ends[: dev.n].tolist(), dev.starts[: dev.n].tolist(), dev.costs[: dev.n].tolist(), strict=True)
+        )
+
+
+@pytest.mark.parametrize("grid", [6, 1000, 1024])
+@pytest.mark.parametrize("mechanism", ["laplace", "piecewise", "duchi"])
+def test_fused_kernels_at_extreme_uniforms(mechanism: str, grid: int) -> None:
+    """Uniforms at 2^-53 and 1 - 2^-53, where floor(u G) reaches G unless clamped (G not a power of 2)."""
+    specs = tuple(FeatureSpec(f"f{i}", "u", -1.0, 2.0) for i in range(8))
+    plan = ReleasePlan(
+        "fs",
+        specs,
+        _config(
+            {"epsilon": 3.0, "grid_steps": grid, "strategy": "split", "w_event": None, "mechanisms": {"*": mechanism}}
+        ),
+    )
+    m, sl, p = plan.groups[0]
+    edge = np.array([2.0**-53, 1.0 - 2.0**-53, 0.5, 1.0 - 2.0**-53, 2.0**-53, 0.25, 1.0 - 2.0**-52, 0.75])
+    u = np.stack([edge, edge[::-1], edge, np.roll(edge, 3)])
+    k = np.array([0.0, grid, grid / 2, 1.0, grid - 1.0, 0.0, grid, 2.0])
+    if m == "laplace":
+        j = mech.laplace_kernel(k, u[1], u[2], p["log_q"])
+    elif m == "piecewise":
+        j = mech.piecewise_kernel(k, u[1], u[2], grid, p["h"], p["p_high"])
+    else:
+        j = mech.duchi_kernel(k, u[1], grid, p["slope"])
+    ref = plan.offset + j * plan.out_step
+    assert plan._fast is not None
+    got = plan._fast(k.copy(), u, np.empty(8), np.empty(8), np.empty(8, dtype=bool), plan._fast_params)
+    assert np.array_equal(got.view(np.uint64), ref.view(np.uint64))
+
+
+def test_largest_uniform_times_an_integer_stays_below_it() -> None:
+    """The fact that lets the fused Piecewise kernel drop its clamps: floor((1 - 2^-53) c) <= c - 1."""
+    rng = np.random.default_rng(0)
+    c = np.concatenate([np.arange(1.0, 1 << 16), rng.integers(1, 2**40, 100_000).astype(float), 2.0 ** np.arange(60)])
+    assert np.all(np.floor((1.0 - 2.0**-53) * c) <= c - 1.0)
