@@ -24,6 +24,14 @@ of the window when a window completes, and copes with what real devices send:
   sequence number that falls far behind (more than the buffer) with a *later* capture time is a
   device reboot and also restarts the stream; with an earlier capture time it is a stale redelivery
   and is dropped as late.
+
+**Incremental features.** Every window of a segment carries the segment's :class:`WindowCache`, a
+scratch space in which a feature extractor may keep per-position partial results (a Welch segment's
+periodogram, per-block sums) for the next windows. It is sound because a received sample is
+written once and never changes within a segment: in every window with ``missing_fraction == 0``
+the sample at segment position ``p`` has the same value. Windows with interpolated samples must not
+read or feed the cache (their filled values depend on the window). A restart starts a new segment,
+hence an empty cache; :meth:`Windower.state` does not save it (a restored windower starts cold).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from pipeline.errors import ConfigError
 from pipeline.frames import Frame
 from pipeline.validation import check_range
 
-__all__ = ["Window", "WindowSpec", "WindowStats", "Windower"]
+__all__ = ["Window", "WindowCache", "WindowSpec", "WindowStats", "Windower"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,27 @@ class WindowSpec:
         return max(1, int(round(self.hop_s * sample_rate)))
 
 
+@dataclass(slots=True, eq=False)
+class WindowCache:
+    """Scratch space shared by the windows of one segment of one :class:`Windower`.
+
+    Owned by the windower, opaque to it: extractors store what they like in :attr:`store`, under
+    keys of their own, indexed by segment positions (see the module docstring for when that is
+    sound). Entries they no longer need (positions before the current window) are theirs to evict.
+
+    Attributes
+    ----------
+    n_length, n_hop : int
+        Window length and hop of the segment, samples.
+    store : dict
+        The extractors' entries.
+    """
+
+    n_length: int
+    n_hop: int
+    store: dict[Any, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Window:
     """One completed window of one stream.
@@ -107,6 +136,9 @@ class Window:
         Fraction of the window's samples that were missing and interpolated.
     start_sample : int
         Position of the first sample within the segment (``k * hop``), samples.
+    cache : WindowCache or None
+        The segment's cache (None for windows not made by a :class:`Windower`); usable only when
+        ``missing_fraction == 0``.
     """
 
     index: int
@@ -120,6 +152,7 @@ class Window:
     last_send_ns: int
     missing_fraction: float
     start_sample: int = 0
+    cache: WindowCache | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -161,6 +194,7 @@ class _Segment:
     high: int  # highest position written (exclusive)
     received: dict[int, int] = field(default_factory=dict)  # relative seq -> capture_ns
     last_capture_ns: int = 0
+    cache: WindowCache | None = None  # created with the segment
 
 
 class Windower:
@@ -234,8 +268,9 @@ class Windower:
                 self.stats.reordered += 1
             new_max = seg.max_rel
         # judge windows that end before this frame and whose deadline has passed
-        self._judge(seg, new_max, before=fs, send_ns=frame.send_ns, out=out)
-        w_lo = seg.next_k * seg.n_hop
+        if w_lo + seg.n_len <= fs:  # (the next pending window ends before this frame)
+            self._judge(seg, new_max, before=fs, send_ns=frame.send_ns, out=out)
+            w_lo = seg.next_k * seg.n_hop
         if fe - w_lo > seg.capacity:  # cannot happen with the capacity chosen; never corrupt the ring
             self.stats.late += 1
             return out
@@ -245,7 +280,9 @@ class Windower:
         seg.last_capture_ns = max(seg.last_capture_ns, frame.capture_ns)
         self._write(seg, frame.samples, fs, max(fs, w_lo))
         seg.high = max(seg.high, fe)
-        self._judge(seg, new_max, before=None, send_ns=frame.send_ns, out=out)
+        e = w_lo + seg.n_len  # the next pending window: skip the call while it surely waits
+        if e <= seg.high or new_max > (e - 1) // n + self.spec.reorder_frames:
+            self._judge(seg, new_max, before=None, send_ns=frame.send_ns, out=out)
         return out
 
     def flush(self) -> list[Window]:
@@ -314,6 +351,7 @@ class Windower:
             sample_rate=rate, channels=channels, units=units, n_frame=n_frame, base_seq=base_seq,
             index_offset=offset, n_len=n_len, n_hop=n_hop, capacity=capacity,
             ring=np.zeros((len(channels), capacity)), next_k=0, max_rel=-1, high=0,
+            cache=WindowCache(n_len, n_hop),
         )
 
     def _new_segment(self, frame: Frame) -> _Segment:
@@ -383,6 +421,8 @@ class Windower:
             last_frame = (e - 1) // n
             first_frame = s // n
             deadline = max_rel > last_frame + reorder  # a frame `reorder` frames late still counts
+            if not deadline and e > seg.high:  # samples past the highest written one: surely incomplete
+                return
             if s >= seg.high and deadline:
                 # nothing received at or after s: every window up to the deadline is empty
                 limit_e = (max_rel - reorder) * n
@@ -452,6 +492,7 @@ class Windower:
             last_send_ns=send_ns,
             missing_fraction=float(frac),
             start_sample=s,
+            cache=seg.cache,
         )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
 from pipeline.features.audio import AudioExtractor
-from pipeline.features.base import Extractor
+from pipeline.features.base import Extractor, FeatureValues
 from pipeline.features.cardiac import HeartRateExtractor, HrvExtractor
 from pipeline.features.eda import EdaExtractor
 from pipeline.features.eeg import EegExtractor
@@ -30,7 +30,7 @@ from pipeline.features.temperature import TemperatureExtractor
 from pipeline.frames import MODALITY_OF
 from pipeline.windows import Window, WindowSpec
 
-__all__ = ["DEFAULT_WINDOWS", "FEATURE_SETS", "FeatureSet", "FeatureSpec", "feature_sets"]
+__all__ = ["DEFAULT_WINDOWS", "FEATURE_SETS", "FeatureSet", "FeatureSpec", "FeatureValues", "feature_sets"]
 
 #: Default window of each feature set (length s, hop s).
 DEFAULT_WINDOWS: dict[str, WindowSpec] = {
@@ -82,9 +82,20 @@ class FeatureSet:
         """Declarations (name, unit, public bounds) of the features for this channel layout."""
         return self.extractor.specs(tuple(channels), float(sample_rate))
 
-    def compute(self, window: Window) -> dict[str, float]:
-        """Feature values of ``window``; keys equal the names of :meth:`specs`, NaN when undefined."""
-        return self.extractor.compute(window.data, window.sample_rate, window.channels, window.units)
+    def compute(self, window: Window) -> Mapping[str, float]:
+        """Feature values of ``window``; keys equal the names of :meth:`specs`, NaN when undefined.
+
+        A dict, or for EEG a :class:`~pipeline.features.base.FeatureValues` view over one array (in
+        :meth:`specs` order). Windows of a :class:`~pipeline.windows.Windower` without interpolated
+        samples pass the segment's cache to extractors that compute incrementally.
+        """
+        ext = self.extractor
+        if window.cache is not None and window.missing_fraction == 0.0 and getattr(ext, "incremental", False):
+            return ext.compute(  # type: ignore[call-arg]
+                window.data, window.sample_rate, window.channels, window.units,
+                cache=window.cache, start=window.start_sample,
+            )
+        return ext.compute(window.data, window.sample_rate, window.channels, window.units)
 
 
 def _extractor(name: str, stream: str) -> Extractor:

@@ -64,10 +64,36 @@ def _sos(low: float, high: float, rate: float, order: int = 2) -> np.ndarray:
     return scipy.signal.butter(order, [low / nyq, high / nyq], btype="bandpass", output="sos")
 
 
-def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
+@lru_cache(maxsize=64)
+def _sos_zi(low: float, high: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The filter of :func:`_sos` and its step-response initial state (``sosfilt_zi``), cached."""
     sos = _sos(low, high, rate)
-    padlen = min(x.shape[-1] - 1, 3 * int(rate))
-    return scipy.signal.sosfiltfilt(sos, x, padlen=max(padlen, 0))
+    zi = scipy.signal.sosfilt_zi(sos)
+    zi.flags.writeable = False
+    return sos, zi
+
+
+def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
+    """Zero-phase 2nd-order Butterworth: ``scipy.signal.sosfiltfilt(sos, x, padlen=...)``, odd padding.
+
+    For 1-D float64 input the same steps run here with the filter and its initial state cached per
+    ``(low, high, rate)`` (scipy recomputes ``sosfilt_zi`` on every call, most of the cost on short
+    windows); the result is bitwise that of ``sosfiltfilt``.
+    """
+    padlen = max(min(x.shape[-1] - 1, 3 * int(rate)), 0)
+    if x.ndim != 1 or x.dtype != np.float64 or x.size < 1:
+        return scipy.signal.sosfiltfilt(_sos(low, high, rate), x, padlen=padlen)
+    sos, zi = _sos_zi(low, high, rate)
+    if padlen > 0:  # scipy.signal._arraytools.odd_ext
+        ext = np.concatenate((2 * x[:1] - x[padlen:0:-1], x, 2 * x[-1:] - x[-2 : -(padlen + 2) : -1]))
+    else:
+        ext = x
+    y, _ = scipy.signal.sosfilt(sos, ext, zi=zi * ext[:1])
+    y, _ = scipy.signal.sosfilt(sos, y[::-1], zi=zi * y[-1:])
+    y = y[::-1]
+    if padlen > 0:
+        y = y[padlen:-padlen]
+    return y
 
 
 def _refine(sig: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:

@@ -7,6 +7,19 @@ of the segment periodograms, which is exactly :func:`mne.time_frequency.psd_arra
 Everything that depends only on the channels, the rate and the window length (taper, band masks,
 names, asymmetry pairs) is computed once per layout and cached.
 
+**Incremental computation.** Given the :class:`~pipeline.windows.WindowCache` of a windower's
+segment (only for windows without interpolated samples), consecutive windows share work: the
+periodogram of each Welch segment is kept by its position in the segment, so with the default 1 s
+segments, 50 % overlap and a 0.5 s hop each new window computes one segment FFT instead of three;
+the time-domain statistics are kept per block of ``gcd(window, hop)`` samples in a ring (block mean
+and sum of squared deviations, merged with Chan et al.'s pairwise formula; sums of ``dx^2``,
+``ddx^2`` and ``|dx|`` inside the block, plus the three differences that straddle the boundary to
+the next block once that block is known), so each new window computes one 0.5 s block. The results
+equal the from-scratch computation up to floating-point summation order (tested to 1e-9 relative;
+``sef95``, a bin frequency, could only differ if the cumulative power sat within rounding of the
+95 % threshold). Without a cache (or for windows with interpolated samples) every window is
+computed from scratch.
+
 Per channel ``ch`` (data in uV):
 
 * ``{band}_abs.{ch}``: absolute band power, uV^2, the PSD integrated over ``[lo, hi)`` Hz for the
@@ -30,15 +43,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 import scipy.signal
 
-from pipeline.features.base import to_unit
+from pipeline.features.base import FeatureValues, to_unit
 from pipeline.features.spec import FeatureSpec
+from pipeline.windows import WindowCache
 
 __all__ = ["BANDS", "EegExtractor", "FAA_PAIRS", "standard_name"]
 
@@ -98,15 +111,40 @@ class _Plan:
 
     n_per_seg: int
     step: int
+    rate: float
     taper: np.ndarray  # (n_per_seg,)
     scale: float  # density scaling incl. one-sided doubling
     one_sided: np.ndarray  # (n_freq,) 1 or 2
     freqs: np.ndarray
-    band_matrix: np.ndarray  # (n_freq_in_range, n_bands) of df
+    band_matrix_t: np.ndarray  # (n_bands, n_freq_in_range): df in the band's bins, 0 elsewhere
+    cumulate: np.ndarray  # (n_freq_in_range, n_freq_in_range) upper-triangular ones: x @ it = cumsum
     range_sl: slice
+    range_scale: np.ndarray  # (n_freq_in_range,) scale * one_sided / n_segments, applied to summed power
+    n_seg: int  # Welch segments per window
     names: tuple[str, ...]
+    index: dict[str, int]  # name -> position in names
     faa: tuple[int, int] | None  # (right, left) channel indices
     specs: tuple[FeatureSpec, ...]
+
+
+@dataclass(slots=True)
+class _Memo:
+    """Incremental state of one extractor configuration in one windower segment.
+
+    Memory: the periodograms of the window's Welch segments (64 channels: 3 x 22 KiB) and the block
+    ring (64 channels, 4 blocks: 10 KiB), next to the windower's own ring buffer (~340 KiB).
+    """
+
+    block: int  # block length g (gcd of window length and hop), 0 when blocks are not used
+    segs: dict[int, np.ndarray] = field(default_factory=dict)  # segment start -> (n_ch, n_range) power
+    # Block statistics in a ring of n // g slots (block at position p in slot (p // g) % slots), rows:
+    # mean, sum of squared deviations, sums of dx^2, ddx^2, |dx|. Once the next block is known, the
+    # differences straddling the boundary between them are added to the earlier block's sums
+    # (``linked``), so the ring summed over its slots gives the window's sums.
+    ring: np.ndarray | None = None  # (slots, 5, n_ch)
+    block_pos: list[int] = field(default_factory=list)  # position of the block in each slot, -1: none
+    linked: list[bool] = field(default_factory=list)  # boundary to the next block already added
+    ones: np.ndarray = field(default_factory=lambda: np.ones(0))  # (g,) for row sums
 
 
 class EegExtractor:
@@ -119,6 +157,9 @@ class EegExtractor:
         length when the window is shorter.
     """
 
+    #: :meth:`compute` accepts a :class:`~pipeline.windows.WindowCache` (see the module docstring).
+    incremental = True
+
     def __init__(self, segment_s: float = 1.0) -> None:
         self.segment_s = float(segment_s)
         self._plans: dict[tuple[tuple[str, ...], float, int], _Plan] = {}
@@ -130,14 +171,32 @@ class EegExtractor:
         return self._plan(tuple(channels), float(sample_rate), n).specs
 
     def compute(
-        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
-    ) -> dict[str, float]:
-        """Features of one window ``data`` (n_channels, n_samples) in ``units`` (converted to uV)."""
-        plan = self._plan(tuple(channels), float(sample_rate), data.shape[1])
+        self,
+        data: np.ndarray,
+        sample_rate: float,
+        channels: tuple[str, ...],
+        units: tuple[str, ...],
+        *,
+        cache: WindowCache | None = None,
+        start: int = 0,
+    ) -> FeatureValues:
+        """Features of one window ``data`` (n_channels, n_samples) in ``units`` (converted to uV).
+
+        ``cache`` (the windower segment's cache) and ``start`` (the window's position in the segment,
+        :attr:`~pipeline.windows.Window.start_sample`) enable the incremental computation; the caller
+        guarantees that ``data`` holds only received samples (``missing_fraction == 0``).
+        """
+        rate = float(sample_rate)
+        plan = self._plan(tuple(channels), rate, data.shape[1])
         x = to_unit(np.asarray(data, dtype=np.float64), units, "uV")
-        psd = self.psd(x, plan)
-        values = self._values(x, psd, plan, sample_rate)
-        return dict(zip(plan.names, values.tolist(), strict=True))
+        memo = self._memo(cache, plan, x.shape[1], start) if cache is not None else None
+        if memo is None:
+            pr = self.psd(x, plan)[:, plan.range_sl]
+            var0, var1, var2, line = _time_domain(x, rate)
+        else:
+            pr = _psd_range_memo(x, plan, memo, start)
+            var0, var1, var2, line = _time_domain_memo(x, rate, memo, start) if memo.block else _time_domain(x, rate)
+        return FeatureValues(plan.names, plan.index, self._values(pr, var0, var1, var2, line, plan))
 
     def welch(self, data: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
         """Welch PSD of ``data`` (..., n_samples) as computed for the features: (freqs Hz, psd unit^2/Hz)."""
@@ -151,52 +210,73 @@ class EegExtractor:
         """One-sided Welch PSD, (n_channels, n_freq), unit^2/Hz."""
         segs = np.lib.stride_tricks.sliding_window_view(x, plan.n_per_seg, axis=-1)[:, :: plan.step]
         segs = segs - segs.mean(axis=-1, keepdims=True)
-        spec = scipy.fft.rfft(segs * plan.taper, axis=-1)
+        spec = np.fft.rfft(segs * plan.taper, axis=-1)
         power = spec.real**2 + spec.imag**2
         return power.mean(axis=1) * (plan.scale * plan.one_sided)
 
-    def _values(self, x: np.ndarray, psd: np.ndarray, plan: _Plan, rate: float) -> np.ndarray:
-        n_ch = x.shape[0]
+    def _memo(self, cache: WindowCache, plan: _Plan, n: int, start: int) -> _Memo:
+        key = ("eeg", self.segment_s, n)
+        memo = cache.store.get(key)
+        if memo is None:
+            g = math.gcd(n, cache.n_hop) if cache.n_length == n else 0
+            if g < 4 or n // g > 64:  # blocks too short to pay off: time domain from scratch
+                g = 0
+            slots = n // g if g else 0
+            memo = cache.store[key] = _Memo(g, block_pos=[-1] * slots, linked=[False] * slots, ones=np.ones(g))
+        # forget the segments before this window (windows of a segment only move forward)
+        segs = memo.segs
+        if segs and min(segs) < start:
+            for k in [k for k in segs if k < start]:
+                del segs[k]
+        return memo
+
+    def _values(
+        self, pr: np.ndarray, var0: np.ndarray, var1: np.ndarray, var2: np.ndarray, line: np.ndarray, plan: _Plan
+    ) -> np.ndarray:
+        """All features, in ``plan.names`` order, from the 1-45 Hz PSD and the time-domain statistics."""
+        n_ch, n_bins = pr.shape
         nb = len(BANDS)
-        pr = psd[:, plan.range_sl]
-        absp = pr @ plan.band_matrix  # (n_ch, n_bands) uV^2
-        total = absp.sum(axis=1)
-        safe_total = np.where(total > 0, total, np.nan)
-        rel = absp / safe_total[:, None]
+        out = np.empty(len(plan.names))
+        rows = out[: (2 * nb + 6) * n_ch].reshape(2 * nb + 6, n_ch)  # per-channel features, feature-major
+        absp = rows[:nb]
+        np.matmul(plan.band_matrix_t, pr.T, out=absp)  # (n_bands, n_ch) uV^2
+        total = absp.sum(axis=0)
+        positive = total > 0
+        every = bool(positive.all())  # the usual case: no flat channel, no NaN to place
+        np.divide(absp, total if every else np.where(positive, total, np.nan), out=rows[nb : 2 * nb])  # relative
         # spectral edge and entropy over the 1-45 Hz bins
-        cum = np.cumsum(pr, axis=1)
-        edge_idx = np.argmax(cum >= 0.95 * cum[:, -1:], axis=1)
-        fr = plan.freqs[plan.range_sl]
-        sef = np.where(total > 0, fr[edge_idx], np.nan)
-        p = pr / np.where(cum[:, -1:] > 0, cum[:, -1:], np.nan)
+        cum = pr @ plan.cumulate  # cumulative sums along the bins (one BLAS call; np.cumsum is slower here)
+        last = cum[:, -1:]
+        np.take(plan.freqs[plan.range_sl], np.argmax(cum >= 0.95 * last, axis=1), out=rows[2 * nb])
         with np.errstate(divide="ignore", invalid="ignore"):
-            plogp = np.where(p > 0, p * np.log(p), 0.0)
-        entropy = -plogp.sum(axis=1) / math.log(pr.shape[1]) if pr.shape[1] > 1 else np.full(n_ch, np.nan)
-        entropy = np.where(total > 0, entropy, np.nan)
-        # Hjorth and line length in the time domain
-        xc = x - x.mean(axis=1, keepdims=True)
-        dx = np.diff(xc, axis=1)
-        ddx = np.diff(dx, axis=1)
-        var0 = np.einsum("ij,ij->i", xc, xc) / xc.shape[1]
-        var1 = np.einsum("ij,ij->i", dx, dx) / max(dx.shape[1], 1)
-        var2 = np.einsum("ij,ij->i", ddx, ddx) / max(ddx.shape[1], 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
+            p = pr / (last if every else np.where(last > 0, last, np.nan))
+            logp = np.log(p, out=np.zeros_like(p), where=p > 0)  # p ln p := 0 at p = 0
+            if n_bins > 1:
+                np.divide(np.einsum("ij,ij->i", p, logp), -math.log(n_bins), out=rows[2 * nb + 1])
+            else:
+                rows[2 * nb + 1] = np.nan
+            if not every:
+                rows[2 * nb : 2 * nb + 2, ~positive] = np.nan
+            # Hjorth parameters from the variances of x, x' and x''
             mob0 = np.sqrt(var1 / var0)
             mob1 = np.sqrt(var2 / var1)
-            complexity = np.where((var0 > 0) & (var1 > 0), mob1 / mob0, np.nan)
-            mobility = np.where(var0 > 0, mob0 * rate / (2 * math.pi), np.nan)
-        line = np.abs(dx).mean(axis=1) * rate
-        per_channel = np.concatenate(
-            [absp.T, rel.T, sef[None], entropy[None], var0[None], mobility[None], complexity[None], line[None]]
-        )  # (n_feat, n_ch), feature-major like the names
-        mean_theta = absp[:, 1].mean()
-        ratio = absp[:, 2].mean() / mean_theta if mean_theta > 0 else np.nan
-        glob = [ratio]
+            rows[2 * nb + 2] = var0
+            np.multiply(mob0, plan.rate / (2 * math.pi), out=rows[2 * nb + 3])
+            np.divide(mob1, mob0, out=rows[2 * nb + 4])
+            ok0 = var0 > 0
+            if not ok0.all():
+                rows[2 * nb + 3, ~ok0] = np.nan
+                rows[2 * nb + 4, ~ok0] = np.nan
+            ok1 = var1 > 0
+            if not ok1.all():
+                rows[2 * nb + 4, ~ok1] = np.nan
+        rows[2 * nb + 5] = line
+        mean_theta, mean_alpha = (np.add.reduce(absp[1:3], axis=1) / n_ch).tolist()  # == absp[1].mean() ...
+        out[(2 * nb + 6) * n_ch] = mean_alpha / mean_theta if mean_theta > 0 else np.nan
         if plan.faa is not None:
-            r, left = absp[plan.faa[0], 2], absp[plan.faa[1], 2]
-            glob.append(math.log(r) - math.log(left) if r > 0 and left > 0 else np.nan)
-        assert per_channel.shape[0] == 2 * nb + 6
-        return np.concatenate([per_channel.ravel(), np.asarray(glob, dtype=np.float64)])
+            r, left = float(absp[2, plan.faa[0]]), float(absp[2, plan.faa[1]])
+            out[-1] = math.log(r) - math.log(left) if r > 0 and left > 0 else np.nan
+        return out
 
     def _plan(self, channels: tuple[str, ...], rate: float, n: int) -> _Plan:
         key = (channels, rate, n)
@@ -206,6 +286,96 @@ class EegExtractor:
                 self._plans.clear()
             plan = self._plans[key] = _make_plan(channels, rate, n, self.segment_s)
         return plan
+
+
+def _time_domain(x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(var x, var x', var x'', line length) per channel, from scratch: the reference definitions."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    dx = np.diff(xc, axis=1)
+    ddx = np.diff(dx, axis=1)
+    var0 = np.einsum("ij,ij->i", xc, xc) / xc.shape[1]
+    var1 = np.einsum("ij,ij->i", dx, dx) / max(dx.shape[1], 1)
+    var2 = np.einsum("ij,ij->i", ddx, ddx) / max(ddx.shape[1], 1)
+    line = np.abs(dx).mean(axis=1) * rate
+    return var0, var1, var2, line
+
+
+def _time_domain_memo(
+    x: np.ndarray, rate: float, memo: _Memo, start: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_time_domain` from per-block statistics kept in a ring (see :class:`_Memo`)."""
+    n_ch, n = x.shape
+    g = memo.block
+    nb = n // g
+    if memo.ring is None or memo.ring.shape[2] != n_ch:
+        memo.ring = np.empty((nb, 5, n_ch))
+        memo.block_pos[:] = [-1] * nb
+    ring, pos, linked = memo.ring, memo.block_pos, memo.linked
+    for j in range(nb):
+        p = start + j * g
+        slot = (p // g) % nb
+        if pos[slot] != p:
+            _block_stats(x[:, j * g : (j + 1) * g], ring[slot], memo.ones)
+            pos[slot] = p
+            linked[slot] = False
+    for j in range(nb - 1):  # add the differences straddling the boundary q to block j's sums
+        slot = ((start + j * g) // g) % nb
+        if not linked[slot]:
+            q = (j + 1) * g
+            xq = x[:, q - 2 : q + 2]  # x[q-2], x[q-1], x[q], x[q+1]
+            dq = xq[:, 1:] - xq[:, :-1]
+            ddq = dq[:, 1:] - dq[:, :-1]
+            mid = dq[:, 1]  # the pair (q-1, q); ddq: the triples (q-2..q), (q-1..q+1)
+            row = ring[slot]
+            row[2] += mid * mid
+            row[3] += np.einsum("ij,ij->i", ddq, ddq)
+            row[4] += np.abs(mid)
+            linked[slot] = True
+    sums = np.add.reduce(ring, axis=0)  # (5, n_ch)
+    mean = sums[0] / nb
+    dev = ring[:, 0] - mean
+    m2 = sums[1] + g * np.einsum("ij,ij->j", dev, dev)  # Chan et al.: merge of block means and M2
+    return m2 / n, sums[2] / max(n - 1, 1), sums[3] / max(n - 2, 1), sums[4] / (n - 1) * rate
+
+
+def _block_stats(xb: np.ndarray, out: np.ndarray, ones: np.ndarray) -> None:
+    """Into ``out`` (5, n_ch): mean, sum of squared deviations, sums of dx^2, ddx^2, |dx| inside ``xb``.
+
+    Row sums are matrix-vector products with ``ones`` (length of the block): BLAS beats numpy's
+    per-row reductions on these short rows.
+    """
+    g = xb.shape[1]
+    np.divide(np.matmul(xb, ones), g, out=out[0])
+    d = xb - out[0][:, None]
+    np.matmul(np.multiply(d, d, out=d), ones, out=out[1])
+    dx = xb[:, 1:] - xb[:, :-1]
+    ddx = dx[:, 1:] - dx[:, :-1]
+    np.matmul(np.multiply(ddx, ddx, out=ddx), ones[: g - 2], out=out[3])
+    np.matmul(dx * dx, ones[: g - 1], out=out[2])
+    np.matmul(np.abs(dx, out=dx), ones[: g - 1], out=out[4])
+
+
+def _psd_range_memo(x: np.ndarray, plan: _Plan, memo: _Memo, start: int) -> np.ndarray:
+    """The 1-45 Hz part of :meth:`EegExtractor.psd`, reusing segment periodograms by position."""
+    segs = memo.segs
+    nps, step = plan.n_per_seg, plan.step
+    total = None
+    for j in range(plan.n_seg):
+        pos = start + j * step
+        power = segs.get(pos)
+        if power is None:
+            seg = x[:, j * step : j * step + nps]
+            y = seg - (np.add.reduce(seg, axis=1) / nps)[:, None]  # per-segment mean removal
+            y *= plan.taper
+            spec = np.fft.rfft(y, axis=-1)[:, plan.range_sl]
+            power = segs[pos] = spec.real**2 + spec.imag**2
+        if total is None:
+            total = power.copy()
+        else:
+            total += power
+    assert total is not None
+    total *= plan.range_scale
+    return total
 
 
 def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float) -> _Plan:
@@ -225,6 +395,8 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
     fr = freqs[range_sl]
     df = rate / n_per_seg
     band_matrix = np.stack([((fr >= b0) & (fr < b1)) * df for b0, b1 in BANDS.values()], axis=1)
+    n_seg = (n - n_per_seg) // step + 1
+    range_scale = scale * one_sided[range_sl] / n_seg
 
     specs: list[FeatureSpec] = []
     for band in BANDS:
@@ -241,10 +413,11 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
     faa = _faa_pair(channels)
     if faa is not None:
         specs.append(FeatureSpec("frontal_alpha_asymmetry", "1", -2.0, 2.0))
+    names = tuple(s.name for s in specs)
     return _Plan(
         n_per_seg=n_per_seg, step=step, taper=taper, scale=scale, one_sided=one_sided, freqs=freqs,
-        band_matrix=band_matrix, range_sl=range_sl, names=tuple(s.name for s in specs), faa=faa,
-        specs=tuple(specs),
+        band_matrix_t=np.ascontiguousarray(band_matrix.T), cumulate=np.triu(np.ones((fr.size, fr.size))),
+        range_sl=range_sl, range_scale=range_scale, n_seg=n_seg, rate=rate, names=names, index={name: i for i, name in enumerate(names)}, faa=faa, specs=tuple(specs),
     )
 
 

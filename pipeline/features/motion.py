@@ -15,6 +15,8 @@ With fewer than three channels, the first channel is taken as the magnitude.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.fft
 
@@ -33,6 +35,13 @@ ACC_SPECS = (
     # Walking 90-130, running up to ~200 steps/min.
     FeatureSpec("cadence", "steps/min", 0.0, 220.0),
 )
+
+
+@lru_cache(maxsize=16)
+def _hanning(n: int) -> np.ndarray:
+    w = np.hanning(n)
+    w.flags.writeable = False
+    return w
 
 
 class MotionExtractor:
@@ -55,7 +64,7 @@ class MotionExtractor:
         activity = float(np.abs(rb - rb.mean()).mean() * 1000.0)
         cadence = 0.0
         if activity >= WALK_MIN_ACTIVITY_MG:
-            y = (r - r.mean()) * np.hanning(r.size)
+            y = (r - r.mean()) * _hanning(r.size)
             n_fft = max(1024, 1 << int(np.ceil(np.log2(r.size))))
             p = np.abs(scipy.fft.rfft(y, n_fft)) ** 2
             f = np.arange(p.size) * sample_rate / n_fft

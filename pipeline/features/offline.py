@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.features import FeatureSet
+from pipeline.features import FeatureSet, FeatureValues
 from pipeline.frames import MODALITY_OF, Frame
 from pipeline.windows import Window, Windower
 
@@ -86,4 +86,6 @@ def iter_features(
     """Features of every released window of one stream."""
     for w in iter_windows(fset, samples, rate, channels, units, frame_s=frame_s):
         start = w.start_sample / rate
-        yield WindowFeatures(fset.stream, fset.name, start, start + w.data.shape[1] / rate, fset.compute(w))
+        values = fset.compute(w)
+        features = values.to_dict() if isinstance(values, FeatureValues) else dict(values)
+        yield WindowFeatures(fset.stream, fset.name, start, start + w.data.shape[1] / rate, features)

@@ -218,3 +218,21 @@ def test_reordering_within_tolerance_does_not_change_windows(order: list[int]) -
     # same windows, except that reordering may delay (never change) a release past the end
     fa, fb = _fingerprint(a), _fingerprint(b)
     assert fa == fb[: len(fa)] or fb == fa[: len(fb)]
+
+
+def test_windows_of_a_segment_share_one_cache_and_restarts_get_a_new_one() -> None:
+    w = Windower(SPEC)
+    first = run(w, list(range(30)))
+    assert first and all(x.cache is first[0].cache for x in first)
+    assert first[0].cache is not None and (first[0].cache.n_length, first[0].cache.n_hop) == (64, 16)
+    first[0].cache.store["k"] = 1  # extractors' scratch space
+    after = run(w, list(range(30, 60)), rate=2 * RATE)  # rate change: new segment
+    assert w.stats.restarts == 1 and after
+    assert all(x.cache is after[0].cache for x in after) and after[0].cache is not first[0].cache
+    assert after[0].cache.store == {}
+    state = w.state()
+    assert "cache" not in repr(state)  # not persisted: a restored windower starts with an empty cache
+    clone = Windower.from_state(SPEC, state)
+    more = run(clone, list(range(60, 90)), rate=2 * RATE)
+    assert more and more[0].cache is not None and more[0].cache is not after[0].cache and more[0].cache.store == {}
+    assert Window(0, 0, 0, RATE, ("a",), ("uV",), np.zeros((1, 4)), 0, 0, 0.0).cache is None
