@@ -29,6 +29,10 @@ DEADLETTER_TOPIC = "biopriv.deadletter"
 #: Operational events without raw data (budget exhausted, windows dropped...).
 EVENTS_TOPIC = "biopriv.events"
 
+#: Durable worker state (privacy ledger per device, resume offsets per raw partition); compacted,
+#: co-partitioned with the raw topics. Holds device ids: restrict access like the raw topics.
+STATE_TOPIC = "biopriv.state"
+
 #: Partitions of every project topic; bounds the number of workers that share the work.
 DEFAULT_PARTITIONS = 6
 DEFAULT_PREFIX = "biopriv."
@@ -77,6 +81,11 @@ class Topics:
     def events(self) -> str:
         return f"{self.prefix}events"
 
+    @property
+    def state(self) -> str:
+        """Compacted worker state topic (see :mod:`pipeline.state`)."""
+        return f"{self.prefix}state"
+
     def specs(self, partitions: int = DEFAULT_PARTITIONS) -> list[TopicSpec]:
         """The topics to create for this deployment."""
         week_ms = str(7 * 24 * 3600 * 1000)
@@ -86,6 +95,7 @@ class Topics:
             TopicSpec(self.private, partitions),
             TopicSpec(self.deadletter, partitions, keep),
             TopicSpec(self.events, 1),
+            TopicSpec(self.state, partitions, (("cleanup.policy", "compact"), ("min.compaction.lag.ms", "60000"))),
         ]
 
 log = logging.getLogger(__name__)
@@ -230,3 +240,45 @@ def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
             admin.delete_topics(list(names))
         finally:
             admin.close()
+
+
+def read_partition(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    start: int | None = None,
+    end: int | None = None,
+    *,
+    timeout_s: float = 60.0,
+) -> list[tuple[bytes | None, bytes | None, int]]:
+    """``(key, value, offset)`` of one partition from ``start`` (default: the beginning) up to
+    ``end`` exclusive (default: the end offset when called). Used on partition assignment to read
+    the state topic and to re-read raw frames for a window rebuild.
+    """
+    import time as _time
+
+    from kafka import TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    with broker_errors(bootstrap):
+        consumer = make_consumer([], bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100,
+                                 max_partition_fetch_bytes=4 * 1024 * 1024)
+        try:
+            consumer.assign([tp])
+            first = consumer.beginning_offsets([tp])[tp]
+            last = consumer.end_offsets([tp])[tp]
+            stop = last if end is None else min(end, last)
+            begin = first if start is None else max(start, first)
+            out: list[tuple[bytes | None, bytes | None, int]] = []
+            if begin >= stop:
+                return out
+            consumer.seek(tp, begin)
+            deadline = _time.monotonic() + timeout_s
+            while consumer.position(tp) < stop:
+                if _time.monotonic() > deadline:
+                    raise BrokerError(f"reading {topic}/{partition} [{begin}, {stop}) timed out after {timeout_s} s")
+                for records in consumer.poll(timeout_ms=200).values():
+                    out.extend((r.key, r.value, r.offset) for r in records if r.offset < stop)
+            return out
+        finally:
+            consumer.close()

@@ -39,3 +39,7 @@ class PrivacyError(BioprivError):
 
 class BudgetExhausted(PrivacyError):
     """A device's privacy budget cannot pay for a release; the release is suppressed."""
+
+
+class StateError(BioprivError):
+    """Durable worker state (the state topic) is malformed or from another format version."""

@@ -22,6 +22,7 @@ from pipeline.features.spec import FeatureSpec
 from pipeline.frames import Frame, decode_frame
 from pipeline.privacy import PrivacyEngine, PrivateRelease, ReleaseRequest, Suppression
 from pipeline.releases import ReleaseRecord, release_record, suppression_event
+from pipeline.state import history_frames
 from pipeline.windows import Window, Windower, WindowSpec
 
 
@@ -35,13 +36,32 @@ class DeadLetter:
     value: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """Identity of the frame a message held (no samples): what the state tracker needs."""
+
+    device_id: str
+    stream: str
+    seq: int
+    n_samples: int
+    sample_rate: float
+    capture_ns: int
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What one message produced: releases to publish, dead letters, operational events."""
+    """What one message produced: releases to publish, dead letters, operational events.
+
+    ``frame`` identifies the frame when the message decoded to one (``None`` for dead letters);
+    ``replayed`` counts windows answered from the ledger (already released or suppressed before:
+    not published again, see :meth:`Processor.process_frame`).
+    """
 
     releases: list[ReleaseRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    frame: FrameRef | None = None
+    replayed: int = 0
 
 
 @dataclass(slots=True)
@@ -53,6 +73,7 @@ class ProcessorStats:
     releases: int = 0
     suppressed: int = 0
     feature_errors: int = 0
+    replayed: int = 0
     busy_ns: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -88,7 +109,10 @@ class Processor:
         self._windowers: dict[tuple[str, str, str], Windower] = {}
         self._specs: dict[tuple[str, tuple[str, ...], float], tuple[FeatureSpec, ...]] = {}
         self._pseudonyms: dict[str, str] = {}
+        self._history: dict[tuple[str, float, int], int] = {}
         self.stats = ProcessorStats()
+        #: Devices whose ledger changed (fresh charge or suppression) since the caller last cleared it.
+        self.dirty_devices: set[str] = set()
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -111,9 +135,17 @@ class Processor:
         return out
 
     def process_frame(self, frame: Frame) -> Outcome:
-        """Process one validated frame."""
+        """Process one validated frame.
+
+        A window the privacy engine recognizes as a replay (its index is at or below the last one
+        the ledger recorded for the stream: the frame was redelivered after a crash or rebalance)
+        yields nothing: it was published, or suppressed, when it was first seen. It is counted in
+        ``Outcome.replayed`` and ``stats.replayed``. Fresh windows are charged once and released.
+        """
         self.stats.frames += 1
-        out = Outcome()
+        out = Outcome(
+            frame=FrameRef(frame.device_id, frame.stream, frame.seq, frame.n_samples, frame.sample_rate, frame.capture_ns)
+        )
         for fs in self._feature_sets(frame.stream):
             wkey = (frame.device_id, frame.stream, fs.name)
             windower = self._windowers.get(wkey)
@@ -167,7 +199,13 @@ class Processor:
             values=values,
             specs=self._specs_for(fs, window),
         )
+        replayed_before = self.engine.stats["replayed"]
         result = self.engine.privatize(request)
+        if self.engine.stats["replayed"] != replayed_before:
+            out.replayed += 1
+            self.stats.replayed += 1
+            return
+        self.dirty_devices.add(frame.device_id)
         pseudonym = self.pseudonym(frame.device_id)
         if isinstance(result, PrivateRelease):
             self.stats.releases += 1
@@ -179,6 +217,28 @@ class Processor:
             out.events.append(suppression_event(result, request, pseudonym))
         else:  # pragma: no cover - engine contract
             raise TypeError(f"privacy engine returned {type(result).__name__}")
+
+    def history_frames(self, ref: FrameRef) -> int:
+        """How many frames back a pending window of ``ref``'s stream may reach (for rebuilds)."""
+        key = (ref.stream, ref.sample_rate, ref.n_samples)
+        n = self._history.get(key)
+        if n is None:
+            n = self._history[key] = max(
+                (history_frames(fs.window.length_s, fs.window.hop_s, fs.window.reorder_frames, ref.sample_rate, ref.n_samples)
+                 for fs in self._feature_sets(ref.stream)),
+                default=1,
+            )
+        return n
+
+    def devices(self) -> set[str]:
+        """Device ids that currently have window state."""
+        return {dev for dev, _stream, _fs in self._windowers}
+
+    def forget_devices(self, devices: set[str]) -> None:
+        """Drop the window state of ``devices`` (their partitions moved, or are being rebuilt)."""
+        if devices:
+            self._windowers = {k: w for k, w in self._windowers.items() if k[0] not in devices}
+            self.dirty_devices -= devices
 
     def window_stats(self) -> dict[str, dict[str, int]]:
         """Summed window counters per feature set (plain data)."""

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key-file", type=Path, default=Path(".biopriv/keys.json"), help="secret key file (created with mode 0600 if absent; default %(default)s)")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between statistics log lines (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
+    p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
+    p.add_argument("--session-timeout", type=float, default=10.0, help="consumer group session timeout, s: how fast a dead worker's partitions move (default %(default)s)")
+    p.add_argument("--processing-guarantee", default="at_least_once", choices=["at_least_once", "exactly_once"], help="Faust processing guarantee (default %(default)s; see docs/operations.md before using exactly_once)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -51,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         key_file=args.key_file,
         stats_interval_s=args.stats_interval,
         data_dir=args.data_dir,
+        checkpoint_interval_s=args.checkpoint_interval,
+        session_timeout_s=args.session_timeout,
+        processing_guarantee=args.processing_guarantee,
     )
     run_worker(settings, loglevel=args.log_level)
     return 0

@@ -178,6 +178,10 @@ class PrivacyEngine:
         """The durable ledger as plain JSON-able data (pass back as ``ledger_state``)."""
         return self._acct.state()
 
+    def with_ledger(self, ledger_state: dict[str, Any] | None) -> PrivacyEngine:
+        """A new engine with this one's configuration and keys, restored from ``ledger_state``."""
+        return PrivacyEngine(self.config, self._keys, ledger_state=ledger_state)
+
     def budget(self, device_id: str, start_ns: int, end_ns: int) -> dict[str, Any]:
         """Spent and remaining epsilon per rule for a device, as a release over the span would see it."""
         return self._acct.assess(device_id, start_ns, end_ns, 0.0)[1]
