@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, PrivacyError
 from pipeline.features.spec import FeatureSpec
+from pipeline.named import NamedValues
 from pipeline.privacy import mechanisms as mech
 from pipeline.privacy.config import PrivacyConfig, check_spec_bounds
 from pipeline.privacy.noise import NoiseStream, discrete_gaussian
@@ -458,40 +459,5 @@ def _fast_duchi(
 _UNIFORMS = {"laplace": 2, "piecewise": 2, "duchi": 1, "gaussian": 3, "rr": 2, "grr": 2}
 
 
-class ReleasedValues(Mapping[str, float]):
-    """Read-only mapping feature name -> released value, backed by one float64 array.
-
-    Building a 320-entry dict costs more than privatizing it, so the engine returns this view;
-    ``dict(values)`` or :meth:`to_dict` materializes it, :attr:`array` gives the raw vector in
-    :attr:`names` order. Equal to any mapping with the same items.
-    """
-
-    __slots__ = ("_array", "_index", "_names")
-
-    def __init__(self, names: tuple[str, ...], index: Mapping[str, int], array: np.ndarray) -> None:
-        array.flags.writeable = False
-        self._names, self._index, self._array = names, index, array
-
-    def __getitem__(self, name: str) -> float:
-        return float(self._array[self._index[name]])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __repr__(self) -> str:
-        return f"ReleasedValues({self.to_dict()!r})"
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self._names
-
-    @property
-    def array(self) -> np.ndarray:
-        """The released values (read-only), in :attr:`names` order."""
-        return self._array
-
-    def to_dict(self) -> dict[str, float]:
-        return dict(zip(self._names, self._array.tolist(), strict=True))
+#: The privatized values of a release (see :class:`pipeline.named.NamedValues`).
+ReleasedValues = NamedValues
