@@ -76,6 +76,8 @@ _REQUIRED = (
     "samples",
 )
 
+_REQUIRED_SET = frozenset(_REQUIRED)
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Frame:
@@ -265,8 +267,8 @@ def decode_frame(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         raise FrameError("missing_field", "field 'v' (schema version) is missing")
     if obj["v"] != SCHEMA_VERSION or isinstance(obj["v"], bool):
         raise FrameError("unknown_version", f"schema version {obj['v']!r} is not supported (known: {SCHEMA_VERSION})")
-    missing = [k for k in _REQUIRED if k not in obj]
-    if missing:
+    if not _REQUIRED_SET <= obj.keys():
+        missing = [k for k in _REQUIRED if k not in obj]
         raise FrameError("missing_field", f"missing field(s): {', '.join(missing)}")
     samples = _samples_from(obj, encoding)
     return _build(obj, samples)
@@ -319,6 +321,9 @@ def _as_float32(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+_I63 = 1 << 63
+
+
 def _int_field(obj: dict[str, Any], key: str, low: int = 0) -> int:
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < low or v >= 1 << 63:
@@ -326,16 +331,42 @@ def _int_field(obj: dict[str, Any], key: str, low: int = 0) -> int:
     return v
 
 
+#: Channel/unit lists and device ids already found valid (validity depends on the strings only, so
+#: a hit skips the per-string checks; bounded so that junk cannot grow it).
+_VALID_LISTS: set[tuple[str, ...]] = set()
+_VALID_IDS: set[str] = set()
+_MAX_MEMO = 4096
+
+
 def _str_list(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     v = obj[key]
+    if type(v) is list:
+        t = tuple(v)
+        try:
+            if t in _VALID_LISTS:
+                return t
+        except TypeError:  # unhashable entries: the full check below rejects them
+            pass
     if not isinstance(v, list) or not all(isinstance(s, str) and _NAME_RE.match(s) for s in v):
         raise FrameError("bad_field", f"'{key}' must be a list of 1-64 character strings, got {v!r:.80}")
-    return tuple(v)
+    t = tuple(v)
+    if len(_VALID_LISTS) < _MAX_MEMO and all(type(s) is str for s in t):
+        _VALID_LISTS.add(t)
+    return t
+
+
+def _valid_device(device: Any) -> bool:
+    if type(device) is str and device in _VALID_IDS:
+        return True
+    ok = isinstance(device, str) and bool(device) and len(device) <= MAX_ID_LENGTH and bool(_ID_RE.match(device))
+    if ok and type(device) is str and len(_VALID_IDS) < _MAX_MEMO:
+        _VALID_IDS.add(device)
+    return ok
 
 
 def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
     device = obj["device"]
-    if not isinstance(device, str) or not device or len(device) > MAX_ID_LENGTH or not _ID_RE.match(device):
+    if not _valid_device(device):
         raise FrameError(
             "bad_field",
             f"'device' must be 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9._:@-], got {device!r:.80}",
@@ -348,12 +379,22 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
         raise FrameError(
             "unknown_stream", f"stream {stream!r:.40} is not one of {sorted(STREAMS[modality])} for modality {modality!r}"
         )
-    seq = _int_field(obj, "seq")
-    capture_ns = _int_field(obj, "t_capture_ns")
-    send_ns = _int_field(obj, "t_send_ns")
+    # fast paths: exact ints in range and finite floats in range (NaN and inf fail the comparison);
+    # anything else takes the full check, which raises or accepts exactly as before
+    seq = obj["seq"]
+    if type(seq) is not int or not 0 <= seq < _I63:
+        seq = _int_field(obj, "seq")
+    capture_ns = obj["t_capture_ns"]
+    if type(capture_ns) is not int or not 0 <= capture_ns < _I63:
+        capture_ns = _int_field(obj, "t_capture_ns")
+    send_ns = obj["t_send_ns"]
+    if type(send_ns) is not int or not 0 <= send_ns < _I63:
+        send_ns = _int_field(obj, "t_send_ns")
     rate = obj["rate"]
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not (
-        MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ
+    if not (type(rate) is float and MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ) and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not (
+            MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ
+        )
     ):
         raise FrameError(
             "bad_rate", f"sample rate must be in [{MIN_SAMPLE_RATE_HZ:g}, {MAX_SAMPLE_RATE_HZ:g}] Hz, got {rate!r:.40}"

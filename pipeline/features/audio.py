@@ -31,6 +31,7 @@ import numpy as np
 import scipy.fft
 
 from pipeline.features.spec import FeatureSpec
+from pipeline.windows import WindowCache
 
 __all__ = ["AudioExtractor", "SUBFRAME_S", "speech_mask"]
 
@@ -55,6 +56,7 @@ class _Plan:
     voice: np.ndarray  # bool (n_freq,)
     lag_lo: int
     lag_hi: int
+    unbias: np.ndarray  # n / (n - lag) for lags 0 .. lag_hi + 1
     specs: tuple[FeatureSpec, ...]
 
 
@@ -103,6 +105,7 @@ def _make_plan(rate: float) -> _Plan:
     n_sub = max(8, int(round(SUBFRAME_S * rate)))
     n_fft = 1 << int(math.ceil(math.log2(n_sub)))
     freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    lag_hi = min(n_sub - 2, int(math.ceil(rate / F0_RANGE_HZ[0])))
     return _Plan(
         n_sub=n_sub,
         n_fft=n_fft,
@@ -111,7 +114,8 @@ def _make_plan(rate: float) -> _Plan:
         mel=_mel_bank(rate, n_fft, freqs),
         voice=(freqs >= 200.0) & (freqs <= 4000.0),
         lag_lo=max(1, int(math.floor(rate / F0_RANGE_HZ[1]))),
-        lag_hi=min(n_sub - 2, int(math.ceil(rate / F0_RANGE_HZ[0]))),
+        lag_hi=lag_hi,
+        unbias=n_sub / (n_sub - np.arange(lag_hi + 2)),
         specs=_specs(rate),
     )
 
@@ -127,16 +131,61 @@ def _flatness(p: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def speech_mask(frames: np.ndarray, power: np.ndarray, voice: np.ndarray) -> np.ndarray:
-    """Speech decision per sub-frame (see the module docstring)."""
+    """Speech decision per sub-frame (see the module docstring).
+
+    The spectral flatness (a logarithm per frequency bin, the costly part) is only computed for the
+    sub-frames that pass the level and voice-band tests; the decision is the same.
+    """
     level = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
     total = power.sum(axis=1) + 1e-20
     band = power[:, voice].sum(axis=1) / total
-    flat = _flatness(power[:, 1:])
-    return (level >= SPEECH_MIN_DBFS) & (band >= SPEECH_BAND_FRACTION) & (flat <= SPEECH_MAX_FLATNESS)
+    out = (level >= SPEECH_MIN_DBFS) & (band >= SPEECH_BAND_FRACTION)
+    rows = np.flatnonzero(out)
+    if rows.size:
+        out[rows] = _flatness(power[rows, 1:]) <= SPEECH_MAX_FLATNESS
+    return out
+
+
+@dataclass
+class _Rows:
+    """Per-sub-frame results of a run of consecutive sub-frames (row ``i`` = sub-frame ``i``)."""
+
+    power: np.ndarray  # (n, n_freq) power spectrum of the tapered sub-frame
+    mfcc: np.ndarray  # (n, N_MFCC)
+    speech: np.ndarray  # bool (n,)
+    f0: np.ndarray  # (n,) Hz, NaN unless voiced
+
+
+def _rows(frames: np.ndarray, plan: _Plan, rate: float) -> _Rows:
+    """Everything computed per sub-frame, for ``frames`` (n, n_sub), already mean-removed."""
+    spec = scipy.fft.rfft(frames * plan.taper, n=plan.n_fft, axis=1)
+    power = spec.real**2 + spec.imag**2
+    # power normalized so that a full-scale sine has mel dB near 0
+    norm = power / (plan.taper.sum() ** 2 / 4.0)
+    mel_db = np.maximum(10.0 * np.log10(norm @ plan.mel.T + 1e-20), _FLOOR_DB)
+    mfcc = scipy.fft.dct(mel_db, type=2, norm="ortho", axis=1)[:, :N_MFCC]
+    speech = speech_mask(frames, power, plan.voice)
+    f0 = np.full(frames.shape[0], np.nan)
+    if speech.any():
+        f0[speech] = _f0(frames[speech], plan, rate)
+    return _Rows(power, mfcc, speech, f0)
 
 
 class AudioExtractor:
-    """Audio features of one window (see the module docstring)."""
+    """Audio features of one window (see the module docstring).
+
+    Incremental: when the hop is a whole number of sub-frames and the window a whole number of hops
+    (the default 1 s window, 0.5 s hop, 25 ms sub-frames), the per-sub-frame results of each
+    hop-long block are kept in the windower's cache by segment position and reused by the next
+    windows (see :class:`~pipeline.windows.WindowCache`). With a cache, warm or cold (a restored
+    windower), sub-frames are always computed block by block, so both give the same bits. Without
+    one (windows with interpolated samples, other layouts) all sub-frames are computed at once;
+    that differs only in the last bits of the MFCCs (the mel projection is a BLAS matrix product,
+    whose rounding depends on the number of rows).
+    """
+
+    #: :meth:`compute` accepts a :class:`~pipeline.windows.WindowCache`.
+    incremental = True
 
     def __init__(self) -> None:
         self._plans: dict[float, _Plan] = {}
@@ -152,10 +201,22 @@ class AudioExtractor:
         return self._plan(float(sample_rate)).specs
 
     def compute(
-        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
+        self,
+        data: np.ndarray,
+        sample_rate: float,
+        channels: tuple[str, ...],
+        units: tuple[str, ...],
+        cache: WindowCache | None = None,
+        start: int = 0,
     ) -> dict[str, float]:
-        """Audio features of the first channel (full-scale units)."""
-        plan = self._plan(float(sample_rate))
+        """Audio features of the first channel (full-scale units).
+
+        ``cache`` and ``start`` (the window's segment cache and position,
+        :attr:`~pipeline.windows.Window.start_sample`) enable the reuse of sub-frame results; pass
+        them only for windows without interpolated samples.
+        """
+        rate = float(sample_rate)
+        plan = self._plan(rate)
         x = np.asarray(data[0], dtype=np.float64)
         names = [s.name for s in plan.specs]
         out = dict.fromkeys(names, float("nan"))
@@ -166,10 +227,8 @@ class AudioExtractor:
         sign = np.signbit(x)
         out["zcr"] = float(np.count_nonzero(sign[1:] != sign[:-1]) / (x.size - 1))
 
-        frames = _subframes(x, plan.n_sub)
-        frames = frames - frames.mean(axis=1, keepdims=True)
-        spec = scipy.fft.rfft(frames * plan.taper, n=plan.n_fft, axis=1)
-        power = spec.real**2 + spec.imag**2
+        rows = self._window_rows(x, plan, rate, cache, start)
+        power = rows.power
         mean_p = power.mean(axis=0)
         tot = mean_p.sum()
         f = plan.freqs
@@ -183,39 +242,63 @@ class AudioExtractor:
             out["spectral_centroid"] = out["spectral_bandwidth"] = out["spectral_rolloff"] = 0.0
             out["spectral_flatness"] = 1.0
 
-        # power normalized so that a full-scale sine has mel dB near 0
-        norm = power / (plan.taper.sum() ** 2 / 4.0)
-        mel_db = np.maximum(10.0 * np.log10(norm @ plan.mel.T + 1e-20), _FLOOR_DB)
-        mfcc = scipy.fft.dct(mel_db, type=2, norm="ortho", axis=1)[:, :N_MFCC].mean(axis=0)
+        mfcc = rows.mfcc.mean(axis=0)
         for i in range(N_MFCC):
             out[f"mfcc_{i + 1}"] = float(mfcc[i])
 
-        speech = speech_mask(frames, power, plan.voice)
-        out["speech_ratio"] = float(speech.mean())
-        if speech.any():
-            out["f0_median"] = _median_f0(frames[speech], plan, float(sample_rate))
+        out["speech_ratio"] = float(rows.speech.mean())
+        voiced = rows.f0[np.isfinite(rows.f0)]
+        if voiced.size:
+            out["f0_median"] = float(np.median(voiced))
         return out
 
+    def _window_rows(self, x: np.ndarray, plan: _Plan, rate: float, cache: WindowCache | None, start: int) -> _Rows:
+        """Per-sub-frame results of the window ``x``: block by block (hop-long blocks) when the
+        layout allows, from ``cache`` where a block was computed for an earlier window."""
+        n_sub = plan.n_sub
+        n_len, n_hop = (cache.n_length, cache.n_hop) if cache is not None else (x.size, 0)
+        if cache is None or n_len != x.size or n_hop % n_sub or n_len % n_hop or n_hop == n_len:
+            frames = _subframes(x, n_sub)
+            return _rows(frames - frames.mean(axis=1, keepdims=True), plan, rate)
+        store: dict[int, _Rows] = cache.store.setdefault(("mic", rate), {})
+        if store and min(store) < start:  # windows of a segment only move forward
+            for k in [k for k in store if k < start]:
+                del store[k]
+        blocks = []
+        for j in range(n_len // n_hop):
+            pos = start + j * n_hop
+            b = store.get(pos)
+            if b is None:
+                frames = _subframes(x[j * n_hop : (j + 1) * n_hop], n_sub)
+                b = store[pos] = _rows(frames - frames.mean(axis=1, keepdims=True), plan, rate)
+            blocks.append(b)
+        return _Rows(
+            np.concatenate([b.power for b in blocks]), np.concatenate([b.mfcc for b in blocks]),
+            np.concatenate([b.speech for b in blocks]), np.concatenate([b.f0 for b in blocks]),
+        )
 
-def _median_f0(frames: np.ndarray, plan: _Plan, rate: float) -> float:
+
+def _f0(frames: np.ndarray, plan: _Plan, rate: float) -> np.ndarray:
+    """F0 (Hz) of each sub-frame of ``frames`` (speech sub-frames, mean removed); NaN unless voiced."""
     n = plan.n_sub
     n_fft = 1 << int(math.ceil(math.log2(2 * n)))
     spec = scipy.fft.rfft(frames, n=n_fft, axis=1)
     ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=n_fft, axis=1)[:, : plan.lag_hi + 2]
     r0 = ac[:, :1]
-    lags = np.arange(ac.shape[1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        nac = ac / r0 * (n / (n - lags))  # unbiased: compensate the shrinking overlap
+        nac = ac / r0 * plan.unbias  # unbiased: compensate the shrinking overlap
     seg = nac[:, plan.lag_lo : plan.lag_hi + 1]
     k = np.argmax(seg, axis=1)
     peak = seg[np.arange(seg.shape[0]), k]
     voiced = np.isfinite(peak) & (peak >= VOICED_MIN_CORR) & (k > 0) & (k < seg.shape[1] - 1)
+    out = np.full(frames.shape[0], np.nan)
     if not voiced.any():
-        return float("nan")
+        return out
     rows = np.flatnonzero(voiced)
     kk = k[rows]
     y0, y1, y2 = seg[rows, kk - 1], seg[rows, kk], seg[rows, kk + 1]
     den = y0 - 2 * y1 + y2
     delta = np.where(den < 0, 0.5 * (y0 - y2) / np.where(den < 0, den, 1.0), 0.0)
     lag = plan.lag_lo + kk + delta
-    return float(np.median(rate / lag))
+    out[rows] = rate / lag
+    return out

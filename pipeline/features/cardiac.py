@@ -26,6 +26,11 @@ from functools import lru_cache
 import numpy as np
 import scipy.signal
 
+try:  # the compiled kernel behind scipy.signal.sosfilt (see _filt)
+    from scipy.signal._sosfilt import _sosfilt
+except ImportError:  # pragma: no cover
+    _sosfilt = None
+
 from pipeline.features.base import to_unit
 from pipeline.features.spec import FeatureSpec
 
@@ -78,7 +83,9 @@ def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
 
     For 1-D float64 input the same steps run here with the filter and its initial state cached per
     ``(low, high, rate)`` (scipy recomputes ``sosfilt_zi`` on every call, most of the cost on short
-    windows); the result is bitwise that of ``sosfiltfilt``.
+    windows) and scipy's compiled second-order-section kernel called directly (the public
+    ``sosfilt`` wrapper validates and reshapes its arguments on every call, several times the cost
+    of filtering a few hundred samples); the result is bitwise that of ``sosfiltfilt``.
     """
     padlen = max(min(x.shape[-1] - 1, 3 * int(rate)), 0)
     if x.ndim != 1 or x.dtype != np.float64 or x.size < 1:
@@ -87,29 +94,79 @@ def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
     if padlen > 0:  # scipy.signal._arraytools.odd_ext
         ext = np.concatenate((2 * x[:1] - x[padlen:0:-1], x, 2 * x[-1:] - x[-2 : -(padlen + 2) : -1]))
     else:
-        ext = x
-    y, _ = scipy.signal.sosfilt(sos, ext, zi=zi * ext[:1])
-    y, _ = scipy.signal.sosfilt(sos, y[::-1], zi=zi * y[-1:])
+        ext = x.copy()
+    if _sosfilt is None:  # pragma: no cover - scipy without the private kernel
+        y, _ = scipy.signal.sosfilt(sos, ext, zi=zi * ext[:1])
+        y, _ = scipy.signal.sosfilt(sos, y[::-1], zi=zi * y[-1:])
+    else:
+        # the exact calls scipy.signal.sosfilt makes for 1-D float64 data: in place on a (1, n)
+        # C-contiguous copy with a (1, n_sections, 2) state
+        y = ext.reshape(1, -1)
+        _sosfilt(sos, y, (zi * ext[0]).reshape(1, -1, 2))
+        y = y[0]
+        r = y[::-1].copy().reshape(1, -1)
+        _sosfilt(sos, r, (zi * y[-1]).reshape(1, -1, 2))
+        y = r[0]
     y = y[::-1]
     if padlen > 0:
         y = y[padlen:-padlen]
     return y
 
 
+@lru_cache(maxsize=16)
+def _offsets(half: int) -> np.ndarray:
+    o = np.arange(-half, half + 1)
+    o.flags.writeable = False
+    return o
+
+
 def _refine(sig: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
-    """Position of the maximum of ``sig`` within +-half samples of each index, sub-sample (parabola)."""
+    """Position of the maximum of ``sig`` within +-half samples of each index, sub-sample (parabola).
+
+    The first maximum of ``sig[max(0, i - half) : i + half + 1]`` (``sig`` finite), all indices at
+    once: positions outside the signal read as -inf, so they never win.
+    """
     n = sig.size
-    out = np.empty(idx.size)
-    for j, i in enumerate(idx):
-        a, b = max(0, i - half), min(n, i + half + 1)
-        k = a + int(np.argmax(sig[a:b]))
-        if 0 < k < n - 1:
-            y0, y1, y2 = sig[k - 1], sig[k], sig[k + 1]
-            den = y0 - 2 * y1 + y2
-            out[j] = k + (0.5 * (y0 - y2) / den if den < 0 else 0.0)
-        else:
-            out[j] = k
+    idx = np.asarray(idx, dtype=np.intp)
+    if idx.size == 0:
+        return np.empty(0)
+    pad = np.full(half, -np.inf)
+    vals = np.concatenate((pad, sig, pad))[idx[:, None] + _offsets(half) + half]
+    k = idx - half + np.argmax(vals, axis=1)
+    out = k.astype(np.float64)
+    mid = (k > 0) & (k < n - 1)
+    if mid.any():
+        km = k[mid]
+        y0, y1, y2 = sig[km - 1], sig[km], sig[km + 1]
+        den = y0 - 2 * y1 + y2
+        neg = den < 0
+        delta = np.zeros(km.size)
+        delta[neg] = 0.5 * (y0[neg] - y2[neg]) / den[neg]
+        out[mid] = km + delta
     return out
+
+
+def _block_argmax(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """``[a + argmax(x[a:b]) for a, b in zip(starts, ends)]`` for finite ``x`` and non-empty blocks."""
+    if starts.size == 0:
+        return np.empty(0, dtype=int)
+    width = int((ends - starts).max())
+    pos = starts[:, None] + np.arange(width)
+    vals = np.append(x, -np.inf)[np.where(pos < ends[:, None], pos, x.size)]  # past a block's end: -inf
+    return (starts + np.argmax(vals, axis=1)).astype(int)
+
+
+def _merge_close(cand: np.ndarray, height: np.ndarray, min_gap: float) -> list[int]:
+    """Indices into ``cand`` kept when candidates closer than ``min_gap`` merge into the higher one."""
+    c, h = cand.tolist(), height.tolist()
+    sel = [0]
+    for i in range(1, len(c)):
+        if c[i] - c[sel[-1]] < min_gap:
+            if h[i] > h[sel[-1]]:
+                sel[-1] = i
+        else:
+            sel.append(i)
+    return sel
 
 
 def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
@@ -139,9 +196,11 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         ecg = _filt(x, 0.5, 40.0, rate)
         half = max(1, int(0.06 * rate))
         # dominant polarity: sign of the larger excursion around the candidates
-        ext = [ecg[max(0, i - half) : i + half + 1] for i in cand]
-        pos = np.median([e.max() for e in ext])
-        neg = -np.median([e.min() for e in ext])
+        # (extrema of ecg[max(0, i - half) : i + half + 1] per candidate, all at once)
+        at = cand[:, None] + _offsets(half) + half
+        pad = np.full(half, np.inf)
+        pos = np.median(np.concatenate((-pad, ecg, -pad))[at].max(axis=1))
+        neg = -np.median(np.concatenate((pad, ecg, pad))[at].min(axis=1))
         sig = ecg if pos >= neg else -ecg
         beats = _refine(sig, cand, half)
     elif kind == "ppg":
@@ -158,22 +217,24 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
         starts, ends = edges[::2], edges[1::2]
         keep = (ends - starts) >= w_peak
-        cand = np.array([a + int(np.argmax(ppg[a:b])) for a, b in zip(starts[keep], ends[keep], strict=True)], dtype=int)
+        cand = _block_argmax(ppg, starts[keep], ends[keep])
         if cand.size == 0:
             return np.empty(0)
         # two blocks closer than 300 ms (200 bpm) are one beat split by noise: keep the higher peak
-        sel = [0]
-        for i in range(1, cand.size):
-            if cand[i] - cand[sel[-1]] < 0.3 * rate:
-                if ppg[cand[i]] > ppg[cand[sel[-1]]]:
-                    sel[-1] = i
-            else:
-                sel.append(i)
+        sel = _merge_close(cand, ppg[cand], 0.3 * rate)
         beats = _refine(ppg, cand[sel], max(1, int(0.03 * rate)))
     else:
         raise ValueError(f"kind must be 'ecg' or 'ppg', got {kind!r}")
     beats = np.unique(beats)
     return beats / rate
+
+
+def _median(v: np.ndarray) -> float:
+    """``np.median`` of a non-empty 1-D array without NaN (same value: the middle element, or the
+    mean of the two middle elements), without its generic-reduction overhead."""
+    s = np.sort(v)
+    m = s.size // 2
+    return float(s[m]) if s.size % 2 else float((s[m - 1] + s[m]) / 2.0)
 
 
 def clean_ibi(beats_s: np.ndarray, tolerance: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +248,7 @@ def clean_ibi(beats_s: np.ndarray, tolerance: float = 0.3) -> tuple[np.ndarray, 
         return ibi, np.zeros(0, dtype=bool)
     ok = (ibi >= IBI_RANGE_S[0]) & (ibi <= IBI_RANGE_S[1])
     if ok.any():
-        med = np.median(ibi[ok])
+        med = _median(ibi[ok])
         ok &= np.abs(ibi - med) <= tolerance * med
     return ibi, ok
 

@@ -1,0 +1,127 @@
+"""The fast paths of the feature extractors and the frame decoder equal their reference forms."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import scipy.signal
+
+from pipeline.errors import FrameError
+from pipeline.features import audio, cardiac
+from pipeline.frames import decode_frame, encode_frame, make_frame
+
+
+@pytest.mark.parametrize(("n", "low", "high", "rate"), [
+    (640, 0.5, 8.0, 64.0), (40, 0.0, 1.0, 4.0), (160, 0.5, 3.0, 32.0), (2500, 5.0, 20.0, 250.0),
+    (3, 0.0, 1.0, 4.0), (1, 0.0, 1.0, 4.0), (2, 0.5, 8.0, 64.0),
+])
+def test_filt_is_bitwise_sosfiltfilt(n: int, low: float, high: float, rate: float) -> None:
+    x = np.random.default_rng(n).standard_normal(n).cumsum()
+    keep = x.copy()
+    ref = scipy.signal.sosfiltfilt(cardiac._sos(low, high, rate), x, padlen=max(min(n - 1, 3 * int(rate)), 0))
+    y = cardiac._filt(x, low, high, rate)
+    assert np.array_equal(y, ref)
+    assert np.array_equal(x, keep)  # input untouched
+    assert not np.shares_memory(y, x)
+
+
+def _refine_loop(sig: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
+    n = sig.size
+    out = np.empty(idx.size)
+    for j, i in enumerate(idx):
+        a, b = max(0, i - half), min(n, i + half + 1)
+        k = a + int(np.argmax(sig[a:b]))
+        if 0 < k < n - 1:
+            y0, y1, y2 = sig[k - 1], sig[k], sig[k + 1]
+            den = y0 - 2 * y1 + y2
+            out[j] = k + (0.5 * (y0 - y2) / den if den < 0 else 0.0)
+        else:
+            out[j] = k
+    return out
+
+
+def test_refine_and_block_argmax_equal_loops() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        n = int(rng.integers(3, 200))
+        sig = rng.standard_normal(n)
+        if trial % 3 == 0:
+            sig = np.round(sig, 1)  # ties: the first maximum wins
+        half = int(rng.integers(1, 8))
+        idx = np.sort(rng.choice(n, size=int(rng.integers(0, min(n, 15))), replace=False))
+        assert np.array_equal(cardiac._refine(sig, idx, half), _refine_loop(sig, idx, half))
+        above = rng.random(n) < 0.5
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
+        st, en = edges[::2], edges[1::2]
+        ref = np.array([a + int(np.argmax(sig[a:b])) for a, b in zip(st, en, strict=True)], dtype=int)
+        assert np.array_equal(cardiac._block_argmax(sig, st, en), ref)
+
+
+def test_speech_mask_equals_full_computation() -> None:
+    rng = np.random.default_rng(1)
+    plan = audio._make_plan(16000.0)
+    t = np.arange(16000) / 16000.0
+    for scale in (1e-4, 1e-2, 0.3):
+        x = scale * (np.sin(2 * np.pi * 150 * t) * (1 + np.sin(t * 20)) + 0.2 * rng.standard_normal(t.size))
+        x[:4000] = 1e-3 * rng.standard_normal(4000)
+        frames = audio._subframes(x, plan.n_sub)
+        frames = frames - frames.mean(axis=1, keepdims=True)
+        spec = np.fft.rfft(frames * plan.taper, n=plan.n_fft, axis=1)
+        power = spec.real**2 + spec.imag**2
+        level = 10.0 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
+        band = power[:, plan.voice].sum(axis=1) / (power.sum(axis=1) + 1e-20)
+        flat = audio._flatness(power[:, 1:])
+        ref = (level >= audio.SPEECH_MIN_DBFS) & (band >= audio.SPEECH_BAND_FRACTION) & (flat <= audio.SPEECH_MAX_FLATNESS)
+        assert np.array_equal(audio.speech_mask(frames, power, plan.voice), ref)
+
+
+def test_decode_memo_keeps_decisions() -> None:
+    ok = make_frame("dev-1", "acc", 0, 1, 32.0, ["x", "y", "z"], "g", np.zeros((3, 4), np.float32))
+    for _ in range(2):  # second time through the memo
+        f = decode_frame(encode_frame(ok))
+        assert f.channels == ("x", "y", "z") and f.device_id == "dev-1"
+    for chans, dev in ((["x", "y", "bad\x01"], "dev-1"), (["x", "y", "z"], "dev 1"), (["x", "y", ""], "dev-1")):
+        bad = encode_frame(ok)
+        obj = msgpack.unpackb(bad, raw=False)
+        obj["channels"], obj["device"] = chans, dev
+        with pytest.raises(FrameError) as ei:
+            decode_frame(msgpack.packb(obj, use_bin_type=True))
+        assert ei.value.reason == "bad_field"
+
+
+def _speechlike(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000.0
+    f0 = 120.0 + 40.0 * np.sin(2 * np.pi * 0.3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000.0
+    voiced = 0.3 * np.sin(phase) + sum(np.sin(h * phase) for h in range(2, 16))
+    env = (np.sin(2 * np.pi * 1.7 * t) > -0.2).astype(float)
+    return (0.02 * voiced * env + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_audio_cache_matches_from_scratch() -> None:
+    """Windows through the segment cache: every feature equal to the window computed alone except
+    the MFCCs (the mel projection is a matrix product whose rounding depends on the number of rows),
+    within 1e-9 relative; and the same bits as a cold cache (restored windower)."""
+    from pipeline.windows import WindowCache
+
+    x = _speechlike(12.0, 0)[None, :]
+    warm = audio.AudioExtractor()
+    cache = WindowCache(16000, 8000)
+    n_speech = 0
+    for k in range((x.shape[1] - 16000) // 8000 + 1):
+        win = x[:, k * 8000 : k * 8000 + 16000]
+        got = warm.compute(win, 16000.0, ("mic",), ("FS",), cache=cache, start=k * 8000)
+        ref = audio.AudioExtractor().compute(win, 16000.0, ("mic",), ("FS",))
+        cold = audio.AudioExtractor().compute(win, 16000.0, ("mic",), ("FS",), cache=WindowCache(16000, 8000), start=k * 8000)
+        assert got.keys() == ref.keys()
+        for name, v in ref.items():
+            assert got[name] == cold[name] or (np.isnan(got[name]) and np.isnan(cold[name]))
+            if name.startswith("mfcc_"):
+                assert got[name] == pytest.approx(v, rel=1e-9, abs=1e-9)
+            else:
+                assert got[name] == v or (np.isnan(got[name]) and np.isnan(v)), name
+        n_speech += bool(np.isfinite(got["f0_median"]))
+        assert len(cache.store[("mic", 16000.0)]) <= 2  # blocks before the window are evicted
+    assert n_speech > 5
