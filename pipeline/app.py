@@ -20,16 +20,28 @@ Latency settings, and why:
 * ``stream_wait_empty=False``, ``web_enabled=False``: no waiting on shutdown for buffers, no
   web server in the worker.
 
+Fairness and bounded memory (``docs/operations.md``, "Backpressure and floods"): Faust delivers
+each fetched batch round-robin over partitions into one agent queue, so a partition with a backlog
+delays the others by its batch plus the queue. Faust's defaults (4 MiB fetched per partition,
+4,096 queued messages) let one flooding device add seconds (measured: 6.1 s p50, 8.7 s max) to the
+devices on other partitions; ``consumer_max_fetch_size`` = 64 KiB and ``stream_buffer_maxsize`` =
+1,024 (:class:`WorkerSettings`, ``--fetch-bytes``, ``--stream-buffer``) bring that to about 0.25 s
+p50 / 0.9 s max, and bound what a worker buffers: a full queue pauses fetching, so a burst waits
+in Kafka, not in the worker's memory. Devices silent for ``device_idle_s`` have their windows
+evicted (:meth:`~pipeline.processor.Processor.evict_idle`).
+
 Durable state (:mod:`pipeline.state`, ``docs/operations.md``): every ``checkpoint_interval_s`` the
-worker snapshots the ledger of the devices that changed and the resume offset of each raw
-partition it owns, waits until every release sent so far is acknowledged, writes the device
-ledger records to ``<prefix>state``, waits again, then writes the resume offsets. The first
-message of a newly assigned raw partition triggers its recovery: the partition's ledger records
-are loaded into the privacy engine and ``[resume, first offset)`` is re-fed to the processor with
-its output discarded (Faust flushes the producer before it commits an offset, so that output was
-published already). Delivery is at-least-once; a redelivered window is a ledger replay and is not
-published again, and a release lost from the ledger between two checkpoints is re-released
-bit-identically (same ``release_id``, values and budget; only ``t_release_ns`` differs).
+worker snapshots the ledger (and the window-grid anchors of restarted streams) of the devices that
+changed and the resume offset of each raw partition it owns, waits until every release sent so far
+is acknowledged, writes the device records to ``<prefix>state``, waits again, then writes the
+resume offsets. The first message of a newly assigned raw partition triggers its recovery: the
+partition's ledger records are loaded into the privacy engine, grid anchors are parked in the
+processor, and ``[resume, first offset)`` is re-fed to the processor with its output discarded
+(Faust flushes the producer before it commits an offset, so that output was published already).
+Delivery is at-least-once; a redelivered window is a ledger replay and is not published again, and
+a release lost from the ledger between two checkpoints is re-released bit-identically (same
+``release_id``, values and budget; only ``t_release_ns`` differs). ``exactly_once`` was tried and
+is not used (``docs/operations.md``, "exactly_once").
 """
 
 from __future__ import annotations
@@ -96,6 +108,12 @@ class WorkerSettings:
     session_timeout_s: float = 10.0
     processing_guarantee: str = "at_least_once"
     state_idle_s: float = 600.0
+    #: Messages the agent's input queue holds (Faust ``stream_buffer_maxsize``; Faust's default is 4,096).
+    stream_buffer: int = 1024
+    #: Bytes fetched per partition and request (Faust ``consumer_max_fetch_size``; Faust's default is 4 MiB).
+    fetch_bytes_per_partition: int = 64 * 1024
+    #: Window state of a device silent this long (wall clock, s) is evicted (its grid anchor kept).
+    device_idle_s: float = 600.0
 
 
 def build_processor(settings: WorkerSettings) -> Processor:
@@ -127,6 +145,9 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
         processing_guarantee=settings.processing_guarantee,
+        # fairness and bounded memory under a flood or a backlog (docs/operations.md, "Backpressure")
+        stream_buffer_maxsize=settings.stream_buffer,
+        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
     )
     t = settings.topics
     source = app.topic(*t.raw_all, key_type=bytes, value_type=bytes)
@@ -181,14 +202,17 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
                     processor.dirty_devices |= keep
                     dirty -= keep
                 ledger = split_ledger(processor.engine.ledger_state(), dirty) if dirty else {}
+                windows = {d: a for d in dirty if (a := processor.anchors(d))}
                 owned = [tp for tp in state.recovered if partitions is None or tp[1] in partitions]
                 resume = state.tracker.resume_offsets(owned)
-                where = {d: state.tracker.partition_of(d) for d in ledger}
+                where = {d: state.tracker.partition_of(d) for d in set(ledger) | set(windows)}
             try:
                 await app.producer.flush()  # every release charged in `ledger` is acknowledged
-                for device, slice_ in ledger.items():
-                    key, value = device_record(device, slice_)
-                    await state_topic.send(key=key, value=value, partition=where[device])
+                for device, p in where.items():
+                    if p is None:
+                        continue
+                    key, value = device_record(device, ledger.get(device), windows.get(device))
+                    await state_topic.send(key=key, value=value, partition=p)
                 await app.producer.flush()  # ledger records before the resume offsets that rely on them
                 for (topic, partition), offset in resume.items():
                     key, value = resume_record(topic, partition, offset)
@@ -202,6 +226,10 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
     @app.timer(settings.checkpoint_interval_s)
     async def checkpoint_timer() -> None:
         await checkpoint()
+        async with state.lock:  # idle devices' ring buffers go; their grid anchors and ledgers stay
+            evicted = processor.evict_idle(settings.device_idle_s)
+        if evicted:
+            log.info("evicted the window state of %d device(s) idle for %.0f s", len(evicted), settings.device_idle_s)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types omit **kwargs handlers
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -221,9 +249,10 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
         busy_ms = s.busy_ns / 1e6
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
-            "checkpoints=%d rebuilt_frames=%d",
+            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d",
             s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", busy_ms,
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, state.checkpoints, state.rebuilt_frames,
+            len(processor.devices()), processor.parked(),
         )
 
     return app
@@ -269,7 +298,9 @@ class _WorkerState:
             records = await loop.run_in_executor(None, read_partition, bootstrap, state_topic, partition)
             ps = load_partition((k, v) for k, v, _o in records)
             async with self.lock:
-                self.processor.forget_devices(set(ps.devices))
+                self.processor.forget_devices(set(ps.devices) | set(ps.windows))
+                for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
+                    self.processor.park(device, anchors)
                 self._swap_ledger(ps.devices, set(ps.devices))
                 self.loaded[partition] = ps.resume
             log.info("loaded state partition %d: %d records, %d device ledgers, resume offsets %s",

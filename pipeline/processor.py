@@ -92,6 +92,8 @@ class Processor:
         Window overrides per feature-set name (``{"eeg": WindowSpec(4.0, 1.0)}``).
     clock : callable
         ``() -> ns``; stamped on releases as ``t_release_ns``.
+    idle_clock : callable
+        ``() -> seconds`` (monotonic); when a device last sent a frame, for :meth:`evict_idle`.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Processor:
         *,
         windows: Mapping[str, WindowSpec] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        idle_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self._pseudonym = pseudonym
@@ -111,6 +114,11 @@ class Processor:
         self._specs: dict[tuple[str, tuple[str, ...], float], tuple[FeatureSpec, ...]] = {}
         self._pseudonyms: dict[str, str] = {}
         self._history: dict[tuple[str, float, int], int] = {}
+        self._idle_clock = idle_clock
+        self._last_seen: dict[str, float] = {}  # device -> idle_clock() of its last frame
+        self._parked: dict[tuple[str, str, str], dict[str, Any]] = {}  # grid anchors of evicted windowers
+        self._anchored: set[str] = set()  # devices with a restarted stream or a parked anchor
+        self.evicted = 0  # windowers evicted since start
         self.stats = ProcessorStats()
         #: Devices whose ledger changed (fresh charge or suppression) since the caller last cleared it.
         self.dirty_devices: set[str] = set()
@@ -147,13 +155,27 @@ class Processor:
         out = Outcome(
             frame=FrameRef(frame.device_id, frame.stream, frame.seq, frame.n_samples, frame.sample_rate, frame.capture_ns)
         )
+        self._last_seen[frame.device_id] = self._idle_clock()
         for fs in self._feature_sets(frame.stream):
             wkey = (frame.device_id, frame.stream, fs.name)
             windower = self._windowers.get(wkey)
             if windower is None:
-                windower = self._windowers[wkey] = Windower(fs.window)
+                anchor = self._parked.get(wkey)
+                if anchor is None:
+                    windower = Windower(fs.window)
+                else:
+                    restored = Windower.from_anchor(fs.window, anchor, frame)
+                    if restored is None:  # a stale frame of the evicted segment: late, as it would have been
+                        continue
+                    windower = restored
+                    del self._parked[wkey]
+                self._windowers[wkey] = windower
+            restarts = windower.stats.restarts
             for window in windower.push(frame):
                 self._release(frame, fs, window, out)
+            if windower.stats.restarts != restarts:
+                self.dirty_devices.add(frame.device_id)  # a new grid anchor to checkpoint
+                self._anchored.add(frame.device_id)
         return out
 
     # -- internals ----------------------------------------------------------------------------
@@ -240,7 +262,69 @@ class Processor:
         """Drop the window state of ``devices`` (their partitions moved, or are being rebuilt)."""
         if devices:
             self._windowers = {k: w for k, w in self._windowers.items() if k[0] not in devices}
+            self._parked = {k: a for k, a in self._parked.items() if k[0] not in devices}
+            for d in devices:
+                self._last_seen.pop(d, None)
+            self._anchored -= devices
             self.dirty_devices -= devices
+
+    def evict_idle(self, idle_s: float) -> set[str]:
+        """Evict the window state of devices without a frame for ``idle_s`` (``idle_clock`` seconds).
+
+        Each evicted windower (a ring buffer: up to megabytes for a 64-channel EEG) is replaced by
+        its *grid anchor* (segment format, ``base_seq``, window index offset, a few hundred bytes),
+        so a device that comes back keeps its window indices, also after a rate change or reboot:
+        window ``k`` of the resumed stream is the window ``k`` it would have been. What is lost:
+        the samples of windows still pending when the device went silent (with a silence longer
+        than any window, these could only be released as mostly interpolated). The privacy ledger
+        is not touched (it is small and must outlive the windows). Returns the evicted devices.
+        """
+        cutoff = self._idle_clock() - idle_s
+        idle = {d for d, t in self._last_seen.items() if t < cutoff}
+        if not idle:
+            return idle
+        for wkey in [k for k in self._windowers if k[0] in idle]:
+            anchor = self._windowers.pop(wkey).anchor()
+            assert anchor is not None  # force=True always anchors
+            self._parked[wkey] = anchor
+            self._anchored.add(wkey[0])
+            self.evicted += 1
+        for d in idle:
+            del self._last_seen[d]
+            self._pseudonyms.pop(d, None)
+        return idle
+
+    def anchors(self, device_id: str) -> dict[str, dict[str, Any]]:
+        """Grid anchors of the device's streams that a fresh windower would not reproduce.
+
+        Keyed ``"<stream>/<feature set>"``. A stream whose grid is still the first one (``base_seq``
+        0, index offset 0, no restart) needs none: a new windower has the same grid. Written to
+        the device's state record so that a rebuild after a restart re-indexes windows exactly.
+        """
+        out: dict[str, dict[str, Any]] = {}
+        if device_id not in self._anchored:
+            return out
+        for (dev, stream, fs_name), w in self._windowers.items():
+            if dev == device_id:
+                a = w.anchor(force=False)
+                if a is not None:
+                    out[f"{stream}/{fs_name}"] = a
+        for (dev, stream, fs_name), a in self._parked.items():
+            if dev == device_id:
+                out[f"{stream}/{fs_name}"] = a
+        return out
+
+    def park(self, device_id: str, anchors: Mapping[str, dict[str, Any]]) -> None:
+        """Install grid anchors (from :meth:`anchors`, via the state topic) for the device's next frames."""
+        self._anchored.add(device_id)
+        for name, a in anchors.items():
+            stream, _, fs_name = name.partition("/")
+            self._windowers.pop((device_id, stream, fs_name), None)
+            self._parked[(device_id, stream, fs_name)] = a
+
+    def parked(self) -> int:
+        """Evicted windowers whose grid anchor is kept."""
+        return len(self._parked)
 
     def window_stats(self) -> dict[str, dict[str, int]]:
         """Summed window counters per feature set (plain data)."""

@@ -6,7 +6,10 @@ The worker keeps two kinds of state per device, and treats them differently:
   written to a compacted *state topic* (``<prefix>state``) as one record per device, keyed
   ``d:<device id>`` and sent to the partition number of the device's raw topics, so the worker
   that owns a device's raw partitions owns its ledger record;
-* the **windows** (large: an EEG window is 64 channels x 512 samples) are never written. They are
+* the **windows** (large: an EEG window is 64 channels x 512 samples) are never written, only the
+  *grid anchor* of a stream whose window grid restarted (rate change, reboot: ``base_seq``, index
+  offset, format; in the device record, key ``windows``), so that the rebuild re-indexes its
+  windows as before. They are
   rebuilt from the raw log: per raw partition the state topic holds a *resume offset* (key
   ``r:<raw topic>``), the oldest offset whose frame some pending window may still need. On
   assignment the worker re-feeds ``[resume, committed)`` to the processor, discarding the output
@@ -145,9 +148,15 @@ class ResumeTracker:
 # ---------------------------------------------------------------------- state topic records
 
 
-def device_record(device_id: str, ledger: dict[str, Any]) -> tuple[bytes, bytes]:
-    """Key and value of a device's ledger record (``ledger``: its slice of a ledger state)."""
-    doc = {"v": STATE_FORMAT, "kind": "device", "device": device_id, "ledger": ledger, "t_ns": time.time_ns()}
+def device_record(
+    device_id: str, ledger: dict[str, Any] | None, windows: dict[str, Any] | None = None
+) -> tuple[bytes, bytes]:
+    """Key and value of a device's record: ``ledger`` (its slice of a ledger state, None when it
+    has no charges) and ``windows``, the grid anchors of its restarted streams
+    (:meth:`pipeline.processor.Processor.anchors`) that the window rebuild needs."""
+    doc: dict[str, Any] = {"v": STATE_FORMAT, "kind": "device", "device": device_id, "ledger": ledger, "t_ns": time.time_ns()}
+    if windows:
+        doc["windows"] = windows
     return b"d:" + device_id.encode(), json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -163,6 +172,7 @@ class PartitionState:
 
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume: dict[str, int] = field(default_factory=dict)
+    windows: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> grid anchors
     records: int = 0
 
 
@@ -180,7 +190,13 @@ def load_partition(records: Iterable[tuple[bytes | None, bytes | None]]) -> Part
         if not isinstance(doc, dict) or doc.get("v") != STATE_FORMAT:
             raise StateError(f"state record {key[:80]!r} has format {doc.get('v') if isinstance(doc, dict) else doc!r}, expected {STATE_FORMAT}")
         if doc.get("kind") == "device":
-            ps.devices[str(doc["device"])] = doc["ledger"]
+            device = str(doc["device"])
+            ps.devices.pop(device, None)
+            ps.windows.pop(device, None)
+            if doc.get("ledger") is not None:
+                ps.devices[device] = doc["ledger"]
+            if doc.get("windows"):
+                ps.windows[device] = doc["windows"]
         elif doc.get("kind") == "resume":
             ps.resume[str(doc["topic"])] = int(doc["offset"])
         else:

@@ -340,6 +340,56 @@ class Windower:
             self._seg = seg
         return self
 
+    def anchor(self, *, force: bool = True) -> dict[str, Any] | None:
+        """The grid anchor of a windower: enough to continue its window indices, no samples.
+
+        Unlike :meth:`state`, no ring buffer is copied (megabytes per checkpoint for a fleet of EEG
+        headsets): an evicted (idle) windower keeps only this, and a durable-state record carries it
+        for streams whose grid restarted. ``force=False``: None when the grid is the default one
+        (first segment at sequence 0, nothing restarted). :meth:`from_anchor` continues the grid.
+        """
+        seg = self._seg
+        if not force and self.stats.restarts == 0 and (seg is None or (seg.base_seq == 0 and seg.index_offset == 0)):
+            return None
+        anchor: dict[str, Any] = {"next_index": self._next_index, "stats": self.stats.as_dict(), "segment": None}
+        if seg is not None:
+            anchor["segment"] = {
+                "sample_rate": seg.sample_rate, "channels": list(seg.channels), "units": list(seg.units),
+                "n_frame": seg.n_frame, "base_seq": seg.base_seq, "index_offset": seg.index_offset,
+                "last_capture_ns": seg.last_capture_ns,
+            }
+            # the index a restart would continue from (as _restart computes it)
+            anchor["end_index"] = seg.index_offset + max(seg.next_k, -(-seg.high // seg.n_hop))
+        return anchor
+
+    @classmethod
+    def from_anchor(cls, spec: WindowSpec, anchor: dict[str, Any], frame: Frame) -> Windower | None:
+        """A windower continuing ``anchor``'s grid for ``frame`` (None: the frame is stale, drop it)."""
+        seg = anchor["segment"]
+        stats = dict(anchor["stats"])
+        if seg is None:
+            return cls.from_state(spec, {"version": 1, "next_index": anchor["next_index"], "stats": stats, "segment": None})
+        same = (float(seg["sample_rate"]) == frame.sample_rate and tuple(seg["channels"]) == frame.channels
+                and tuple(seg["units"]) == frame.units and int(seg["n_frame"]) == frame.n_samples)
+        base = int(seg["base_seq"])
+        if same and frame.seq >= base:
+            # the segment continues: start like _new_segment, on the anchored grid
+            n = frame.n_samples
+            p0 = (frame.seq - base) * n - spec.reorder_frames * n
+            next_k = max(0, -(-p0 // spec.n_hop(frame.sample_rate)))
+            state = {"version": 1, "next_index": anchor["next_index"], "stats": stats, "segment": {
+                **seg, "next_k": next_k, "max_rel": -1, "high": max(0, p0), "received": [],
+                "last_capture_ns": frame.capture_ns, "buffer_start": 0, "buffer": [[] for _ in seg["channels"]]}}
+            return cls.from_state(spec, state)
+        if frame.capture_ns <= int(seg["last_capture_ns"]):
+            # another format or a lower seq, and not newer: a frame of an earlier segment (a rebuild
+            # re-reading frames from before the anchored restart, or a stale redelivery); its windows
+            # were released (and charged) or discarded before the anchor was taken
+            return None
+        # a format change, or a reboot (lower seq, later capture): a restart after the anchored segment
+        stats["restarts"] = int(stats.get("restarts", 0)) + 1
+        return cls.from_state(spec, {"version": 1, "next_index": int(anchor["end_index"]), "stats": stats, "segment": None})
+
     # ------------------------------------------------------------------ internals
     def _make_segment(
         self, rate: float, channels: tuple[str, ...], units: tuple[str, ...], n_frame: int, base_seq: int, offset: int

@@ -89,3 +89,72 @@ def test_decode_frame_on_random_json(doc: object) -> None:
         decode_frame(json.dumps(doc).encode())
     except FrameError as exc:
         assert exc.reason
+
+
+def _rate_change_frames() -> list:
+    import numpy as np
+
+    from pipeline.frames import make_frame
+
+    t0, n = 1_764_000_000_000_000_000, 32
+    rng = np.random.default_rng(7)
+    out = []
+    t = t0
+    for k in range(160):  # 256 Hz for 40 frames, then the device switches to 128 Hz (a restart)
+        rate = 256.0 if k < 40 else 128.0
+        out.append(make_frame("eeg-r", "eeg", k, t, rate, ["Fz", "Cz"], "uV", rng.normal(0, 20, (2, n)), send_ns=t0 + k))
+        t += int(n * 1e9 / rate)
+    return out
+
+
+def _run_until_crash(tmp_path, with_anchors: bool) -> tuple[list, list, int]:
+    """Worker A checkpoints at offset 100 and goes on; worker B recovers from that checkpoint."""
+    import json
+
+    from pipeline.frames import encode_frame
+    from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
+    from pipeline.processor import Processor
+
+    keys = load_keys(tmp_path / "keys.json")
+
+    def new() -> Processor:
+        return Processor(PrivacyEngine(PrivacyConfig.default(), keys), keys.pseudonym, clock=lambda: 42)
+
+    frames = [(encode_frame(f), b"eeg-r") for f in _rate_change_frames()]
+    a, tracker = new(), None
+    tracker = ResumeTracker(a.history_frames, clock=lambda: 0.0)
+    checkpoint_at = 100
+    for off, (v, k) in enumerate(frames[:checkpoint_at]):
+        tracker.observe(TP, off, a.process(v, k).frame)
+    ledger = split_ledger(a.engine.ledger_state(), {"eeg-r"})
+    anchors = a.anchors("eeg-r") if with_anchors else None
+    ps = load_partition([device_record("eeg-r", ledger["eeg-r"], anchors), resume_record(TP[0], 0, tracker.resume_offsets()[TP])])
+    released_a = [json.loads(r.value) for v, k in frames[checkpoint_at:] for r in a.process(v, k).releases]
+    # B: load the ledger and the grid anchors, re-feed [resume, checkpoint) discarding, then go on
+    b = new()
+    b.engine = b.engine.with_ledger(merge_ledger(b.engine.ledger_state(), ps.devices))
+    for device, anc in ps.windows.items():
+        b.park(device, anc)
+    for v, k in frames[ps.resume[TP[0]]:checkpoint_at]:
+        b.process(v, k)
+    released_b = [json.loads(r.value) for v, k in frames[checkpoint_at:] for r in b.process(v, k).releases]
+    return released_a, released_b, ps.resume[TP[0]]
+
+
+def test_rebuild_after_a_rate_change_restores_the_window_grid(tmp_path) -> None:
+    """The stream restarted (256 -> 128 Hz at offset 40) before the resume offset: with the grid anchor
+    in the device record the rebuilt windows are the lost ones (same index, id, values, budget)."""
+    released_a, released_b, resume = _run_until_crash(tmp_path, with_anchors=True)
+    assert 40 < resume < 100  # the restart is before the resume offset
+    assert released_a and released_b == released_a
+    # without the anchor (the record format before this fix) the rebuilt grid is re-indexed
+    _a, without, _r = _run_until_crash(tmp_path, with_anchors=False)
+    assert [d["window_index"] for d in without] != [d["window_index"] for d in released_a]
+
+
+def test_device_record_with_anchors_only_and_latest_wins() -> None:
+    anchors = {"eeg/eeg": {"next_index": 3, "stats": {}, "segment": None}}
+    ps = load_partition([device_record("x", {"units": 1}), device_record("x", None, anchors)])
+    assert ps.devices == {} and ps.windows == {"x": anchors}
+    ps = load_partition([device_record("x", None, anchors), device_record("x", {"units": 1})])
+    assert ps.devices == {"x": {"units": 1}} and ps.windows == {}
