@@ -40,7 +40,8 @@ processor, and ``[resume, first offset)`` is re-fed to the processor with its ou
 (Faust flushes the producer before it commits an offset, so that output was published already).
 Delivery is at-least-once; a redelivered window is a ledger replay and is not published again, and
 a release lost from the ledger between two checkpoints is re-released bit-identically (same
-``release_id``, values and budget; only ``t_release_ns`` differs). ``exactly_once`` was tried and
+``release_id`` and value bytes; only the ``biopriv-t-release-ns`` header, delivery metadata,
+differs). ``exactly_once`` was tried and
 is not used (``docs/operations.md``, "exactly_once").
 """
 
@@ -159,7 +160,7 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
 
     async def publish(outcome: Outcome, source_ref: str) -> None:
         for r in outcome.releases:
-            await private.send(key=r.key, value=r.value)
+            await private.send(key=r.key, value=r.value, headers=[("biopriv-t-release-ns", b"%d" % r.t_release_ns)])
         for d in outcome.dead_letters:
             headers = [
                 ("biopriv-reason", d.reason.encode()),

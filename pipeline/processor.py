@@ -91,7 +91,7 @@ class Processor:
     windows : mapping, optional
         Window overrides per feature-set name (``{"eeg": WindowSpec(4.0, 1.0)}``).
     clock : callable
-        ``() -> ns``; stamped on releases as ``t_release_ns``.
+        ``() -> ns``; stamped on releases as ``t_release_ns`` (a header, not part of the value).
     idle_clock : callable
         ``() -> seconds`` (monotonic); when a device last sent a frame, for :meth:`evict_idle`.
     """

@@ -26,6 +26,9 @@ class ReleaseRecord:
     value: bytes
     release_id: str
     last_send_ns: int
+    #: When the worker built it: delivery metadata, published as the ``biopriv-t-release-ns``
+    #: header, never in ``value``, so a re-release after a crash is bit-identical.
+    t_release_ns: int
 
 
 def release_record(
@@ -53,13 +56,13 @@ def release_record(
         "mechanism": release.mechanism,
         "budget": release.budget,
         "t_frame_send_ns": window.last_send_ns,
-        "t_release_ns": now_ns,
     }
     return ReleaseRecord(
         key=pseudonym.encode(),
         value=json.dumps(doc, separators=(",", ":"), allow_nan=False).encode(),
         release_id=release.release_id,
         last_send_ns=window.last_send_ns,
+        t_release_ns=now_ns,
     )
 
 

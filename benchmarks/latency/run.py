@@ -333,7 +333,10 @@ async def drive(system: str, sched: Schedule, wl: Workload, bootstrap: str, pref
                             o = json.loads(r.value)
                             dev = device_of[o["pseudonym"]] if system == "pipeline" else o["device"]
                             stream, last = o["stream"], o["last_seq"]
-                            worker_ns = o["t_release_ns"] - o["t_frame_send_ns"]
+                            t_release = o.get("t_release_ns")  # the hand-written service puts it in the value
+                            if t_release is None:  # the pipeline sends it as a header
+                                t_release = int(dict(r.headers or ())["biopriv-t-release-ns"])
+                            worker_ns = t_release - o["t_frame_send_ns"]
                     except (ValueError, KeyError, TypeError):
                         info["parse_errors"] += 1
                         continue
@@ -924,7 +927,7 @@ def markdown(doc: dict[str, Any]) -> str:
         w = pw[0]["send_to_release_built_ms"]
         a = pw[0]["frame_age_ms"]
         L += [
-            f"Pipeline worker side (release `t_release_ns` - completing frame's `t_send_ns`, per release): "
+            f"Pipeline worker side (release header `biopriv-t-release-ns` - completing frame's `t_send_ns`, per release): "
             f"p50 {fmt(w['p50'], 2)} ms, p99 {fmt(w['p99'], 2)} ms, max {fmt(w['max'], 1)} ms. "
             f"Frame age (read-back minus the frame's *own* due time, includes waiting for the window hop): "
             f"p50 {fmt(a['p50'], 0)} ms, p99 {fmt(a['p99'], 0)} ms.",
