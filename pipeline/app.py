@@ -202,7 +202,7 @@ def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
                     keep = {d for d in dirty if state.tracker.partition_of(d) not in partitions}
                     processor.dirty_devices |= keep
                     dirty -= keep
-                ledger = split_ledger(processor.engine.ledger_state(), dirty) if dirty else {}
+                ledger = split_ledger(processor.engine.ledger_state(dirty), dirty) if dirty else {}
                 windows = {d: a for d in dirty if (a := processor.anchors(d))}
                 owned = [tp for tp in state.recovered if partitions is None or tp[1] in partitions]
                 resume = state.tracker.resume_offsets(owned)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,10 +351,18 @@ class Accountant:
             st.recent = {w: o for w, o in st.recent.items() if _outcome_end(o) >= cutoff}
 
     # ------------------------------------------------------------------ state
-    def state(self) -> dict[str, Any]:
-        """Plain JSON-able ledger; ``Accountant(config, state)`` restores it."""
+    def state(self, devices_only: Iterable[str] | None = None) -> dict[str, Any]:
+        """Plain JSON-able ledger; ``Accountant(config, state)`` restores it.
+
+        ``devices_only``: just these devices (those absent are skipped), e.g. the ones that
+        changed since the last checkpoint.
+        """
         devices: dict[str, Any] = {}
-        for device_id, dev in self._devices.items():
+        chosen = (
+            self._devices.items() if devices_only is None
+            else ((d, self._devices[d]) for d in devices_only if d in self._devices)
+        )
+        for device_id, dev in chosen:
             self._prune(dev)
             devices[device_id] = {
                 "entries": [

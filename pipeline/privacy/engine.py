@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,9 +174,12 @@ class PrivacyEngine:
         self._plans[key] = (specs, plan)
         return plan
 
-    def ledger_state(self) -> dict[str, Any]:
-        """The durable ledger as plain JSON-able data (pass back as ``ledger_state``)."""
-        return self._acct.state()
+    def ledger_state(self, devices: Iterable[str] | None = None) -> dict[str, Any]:
+        """The durable ledger as plain JSON-able data (pass back as ``ledger_state``).
+
+        ``devices``: only these devices' slices (cheap checkpoints of what changed).
+        """
+        return self._acct.state(devices)
 
     def with_ledger(self, ledger_state: dict[str, Any] | None) -> PrivacyEngine:
         """A new engine with this one's configuration and keys, restored from ``ledger_state``."""

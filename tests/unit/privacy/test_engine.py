@@ -162,3 +162,22 @@ def test_bad_requests_raise(engine: PrivacyEngine) -> None:
         engine.privatize(request(-1))
     with pytest.raises(PrivacyError, match="hop_s"):
         engine.privatize(request(0, hop_s=0.0))
+
+
+def test_ledger_state_of_some_devices_is_their_slice_of_the_whole(tmp_path) -> None:
+    """A checkpoint of the changed devices only carries exactly their part of the full ledger."""
+    import numpy as np
+
+    from pipeline.features.spec import FeatureSpec
+    from pipeline.privacy import PrivacyConfig, PrivacyEngine, ReleaseRequest, load_keys
+
+    engine = PrivacyEngine(PrivacyConfig.default(), load_keys(tmp_path / "k.json"))
+    specs = (FeatureSpec("x", "1", 0.0, 1.0),)
+    for i, dev in enumerate(["a", "b", "c"]):
+        engine.privatize(ReleaseRequest(dev, "eeg", "eeg", i, 0.5, 2.0, 0, 2_000_000_000, {"x": 0.5}, specs))
+    full = engine.ledger_state()
+    part = engine.ledger_state(["a", "c", "zz"])
+    assert set(part["devices"]) == {"a", "c"}
+    assert part["devices"] == {d: full["devices"][d] for d in ("a", "c")}
+    assert {k: v for k, v in part.items() if k != "devices"} == {k: v for k, v in full.items() if k != "devices"}
+    assert np.isfinite(full["devices"]["b"]["lifetime_units"])
