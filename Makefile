@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test test-unit test-integration lint typecheck bench broker-up broker-down clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "biopriv needs Python 3.11+, found " + sys.version.split()[0])'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)  ## venv and every dependency (runtime, tests, benchmarks)
