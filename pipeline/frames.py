@@ -177,46 +177,32 @@ def make_frame(
     return _build(fields, _as_float32(arr))
 
 
+def _header(frame: Frame) -> dict[str, Any]:
+    """The fields both encodings share (everything but the samples)."""
+    return {
+        "v": frame.version,
+        "device": frame.device_id,
+        "modality": frame.modality,
+        "stream": frame.stream,
+        "seq": frame.seq,
+        "t_capture_ns": frame.capture_ns,
+        "t_send_ns": frame.send_ns,
+        "rate": frame.sample_rate,
+        "channels": list(frame.channels),
+        "units": list(frame.units),
+    }
+
+
 def encode_binary(frame: Frame) -> bytes:
     """Encode a frame as msgpack with raw little-endian float32 samples."""
     data = np.ascontiguousarray(frame.samples, dtype="<f4").tobytes()
-    return msgpack.packb(
-        {
-            "v": frame.version,
-            "device": frame.device_id,
-            "modality": frame.modality,
-            "stream": frame.stream,
-            "seq": frame.seq,
-            "t_capture_ns": frame.capture_ns,
-            "t_send_ns": frame.send_ns,
-            "rate": frame.sample_rate,
-            "channels": list(frame.channels),
-            "units": list(frame.units),
-            "n": frame.n_samples,
-            "samples": data,
-        },
-        use_bin_type=True,
-    )
+    return msgpack.packb({**_header(frame), "n": frame.n_samples, "samples": data}, use_bin_type=True)
 
 
 def encode_json(frame: Frame) -> bytes:
     """Encode a frame as JSON (samples as nested lists of float32 values)."""
-    return json.dumps(
-        {
-            "v": frame.version,
-            "device": frame.device_id,
-            "modality": frame.modality,
-            "stream": frame.stream,
-            "seq": frame.seq,
-            "t_capture_ns": frame.capture_ns,
-            "t_send_ns": frame.send_ns,
-            "rate": frame.sample_rate,
-            "channels": list(frame.channels),
-            "units": list(frame.units),
-            "samples": frame.samples.astype(np.float64).tolist(),
-        },
-        separators=(",", ":"),
-    ).encode()
+    doc = {**_header(frame), "samples": frame.samples.astype(np.float64).tolist()}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def encode_frame(frame: Frame, encoding: str = "binary") -> bytes:
