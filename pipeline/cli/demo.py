@@ -166,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
                 f"  per-frame latency (frame sent -> release read back), ms: p50 {_percentile(lat, 50):.1f}  "
                 f"p90 {_percentile(lat, 90):.1f}  p99 {_percentile(lat, 99):.1f}  max {lat[-1]:.1f}"
             )
+        print(
+            "  each value is one local-DP release: noisy on its own by design (default epsilon 0.1 per release);\n"
+            "  averages over many devices are accurate, see pipeline.privacy.estimate_mean and docs/privacy.md"
+        )
         ok = len(pseudonyms) >= 3 and len(per_modality) >= 3
         if not ok:
             print(f"biopriv: error: expected releases from 3+ devices in 3 modalities; worker log: {worker_log}", file=sys.stderr)
