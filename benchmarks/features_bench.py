@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from connectors import synth  # noqa: E402
 from pipeline.features import feature_sets  # noqa: E402
 from pipeline.features.eeg import BANDS  # noqa: E402
@@ -191,8 +192,7 @@ def main() -> None:
     if args.only:
         print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; --only: nothing written")
         return
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     meta = {"command": f".venv/bin/python benchmarks/features_bench.py --seconds {s:g} --repeat {args.repeat}",
             "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "numpy": np.__version__,

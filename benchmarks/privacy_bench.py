@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_model  # noqa: E402
 from pipeline.features.spec import FeatureSpec  # noqa: E402
 from pipeline.privacy import KeyRing, PrivacyConfig, PrivacyEngine, ReleaseRequest, Suppression, WEventRule  # noqa: E402
 from pipeline.privacy import mechanisms as mech  # noqa: E402
@@ -225,15 +226,7 @@ def _stats(ts: np.ndarray) -> dict[str, float]:
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "nproc": str(os.cpu_count()), "python": platform.python_version(), "numpy": np.__version__}
+    return {"cpu": cpu_model(), "nproc": str(os.cpu_count()), "python": platform.python_version(), "numpy": np.__version__}
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.latency.workload import MODALITIES, build_schedule, load_workload  # noqa: E402
+from benchmarks.machine import cpu_model, load_average  # noqa: E402
 from connectors.kafka import Topics, delete_topics, ensure_topics, make_producer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,21 +47,12 @@ PARTITIONS = 6
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     import faust
 
     return {"nproc": os.cpu_count(), "cpu_model": cpu, "os": platform.platform(), "python": platform.python_version(),
             "faust_streaming": faust.__version__,
             "note": "broker, producer, offset sampler and every worker on this one host"}
-
-
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def committed_total(admin: Any, group: str, raw: set[str]) -> int:
@@ -125,7 +117,7 @@ def run_one(n_workers: int, sched: Any, bootstrap: str, key_file: Path, workdir:
             "first_commit_s": round(t_first, 1), "drained_s": round(t_end, 1),
             "sustained_frames_per_s": round(0.8 * total / max(1e-9, t90 - t10)),
             "overall_frames_per_s": round(total / max(1e-9, t_end - t_first)),
-            "load_avg_after": load_avg(),
+            "load_avg_after": load_average(),
         }
     finally:
         for w in workers:
@@ -192,7 +184,7 @@ def main() -> int:
     print(backlog, flush=True)
     doc: dict[str, Any] = {
         "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)) if Path(sys.argv[0]).is_absolute() else sys.argv[0], *sys.argv[1:]]),
-        "machine": machine(), "load_avg_before": load_avg(), "backlog": backlog,
+        "machine": machine(), "load_avg_before": load_average(), "backlog": backlog,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="biopriv-scaleout-") as tmp:
@@ -205,7 +197,7 @@ def main() -> int:
                 r["round"] = rnd + 1
                 print(r, flush=True)
                 doc["runs"].append(r)
-    doc["load_avg_after"] = load_avg()
+    doc["load_avg_after"] = load_average()
     import statistics
 
     doc["median_sustained"] = {str(n): statistics.median(r["sustained_frames_per_s"] for r in doc["runs"] if r["workers"] == n)

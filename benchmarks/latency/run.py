@@ -63,6 +63,8 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 from processor_cost import processor_cost  # noqa: E402
 from workload import MODALITIES, Schedule, Workload, build_schedule, load_workload, stamp  # noqa: E402
 
+from benchmarks.machine import cpu_model, load_average  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 PY = sys.executable
 P99_LIMIT_MS = 50.0
@@ -692,12 +694,7 @@ def profile_summary(text_tree: Path, top: int = 12) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     mem = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024, 1)
@@ -727,10 +724,6 @@ def code_under_test() -> dict[str, Any]:
                             capture_output=True, text=True, timeout=10).stdout
         out["uncommitted"] = sorted(line[3:] for line in st.splitlines() if line.strip())
     return out
-
-
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def fmt(v: float | None, nd: int = 1) -> str:
@@ -1061,7 +1054,7 @@ def main() -> int:
     if bad:
         ap.error(f"--systems must be among {SYSTEMS}, got {sorted(bad)}")
     t_all = time.monotonic()
-    load_before = load_avg()
+    load_before = load_average()
     code_state = code_under_test()
     if args.private_broker is not None:
         args.bootstrap = private_broker(args.private_broker, "up")
@@ -1196,7 +1189,7 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         "load_average_before": load_before,
         "broker": (f"private (deploy/kafka/local.sh on port {args.private_broker})" if args.private_broker
                    else f"shared at {args.bootstrap}"),
-        "load_average_after": load_avg(),
+        "load_average_after": load_average(),
         "workload": {"name": wl.name, "file": str(wl.path.relative_to(ROOT)), "description": wl.description,
                      "devices": wl.devices, "frames_per_s": wl.frames_per_s(), "signals": sched.origin},
         "phases": [p.__dict__ for p in wl.phases],
