@@ -29,9 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "latency"))
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from processor_cost import processor_cost  # noqa: E402
-from workload import Schedule, build_schedule, load_workload, stamp  # noqa: E402
+from processor_cost import core_inputs, processor_cost  # noqa: E402
+from workload import Schedule, build_schedule, load_workload  # noqa: E402
 
 
 def core_cpu(sched: Schedule, key_file: Path, seconds: float) -> dict[str, Any]:
@@ -40,15 +39,8 @@ def core_cpu(sched: Schedule, key_file: Path, seconds: float) -> dict[str, Any]:
     import logging
     import warnings
 
-    from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
-    from pipeline.processor import Processor
-
-    keys = load_keys(key_file)
-    proc = Processor(PrivacyEngine(PrivacyConfig.default(), keys), keys.pseudonym)
-    n = int(np.searchsorted(sched.due_ns, int(seconds * 1e9)))
-    base = time.time_ns()
-    msgs = [(sched.keys[int(sched.plan_idx[i])], stamp(sched.values[i], int(sched.stamp_at[i]), base + int(sched.due_ns[i])),
-             sched.plans[int(sched.plan_idx[i])].stream) for i in range(n)]
+    proc, msgs = core_inputs(sched, key_file, seconds)
+    n = len(msgs)
     logging.getLogger("pipeline").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
     wall: dict[str, int] = {}

@@ -17,7 +17,9 @@ import numpy as np
 from workload import Schedule, stamp
 
 
-def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path: Path | None = None) -> dict[str, Any]:
+def core_inputs(sched: Schedule, key_file: Path, seconds: float) -> tuple[Any, list[tuple[bytes, bytes, str]]]:
+    """A fresh processor (default privacy config) and the first ``seconds`` of the schedule as
+    ``(key, stamped value, stream)`` messages in due order."""
     from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
     from pipeline.processor import Processor
 
@@ -27,6 +29,12 @@ def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path
     base = time.time_ns()
     msgs = [(sched.keys[int(sched.plan_idx[i])], stamp(sched.values[i], int(sched.stamp_at[i]), base + int(sched.due_ns[i])),
              sched.plans[int(sched.plan_idx[i])].stream) for i in range(n)]
+    return proc, msgs
+
+
+def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path: Path | None = None) -> dict[str, Any]:
+    proc, msgs = core_inputs(sched, key_file, seconds)
+    n = len(msgs)
     per_stream: dict[str, list[int]] = {}
     releases: dict[str, int] = {}
     profiler = None
