@@ -1,8 +1,9 @@
 """Kafka in one place: topic names, client factories with the project's settings, error mapping.
 
-Everything outside the Faust worker shell (:mod:`pipeline.app`) that talks to Kafka goes through
-these factories (kafka-python), so settings such as ``acks=all`` or "no producer linger" are
-decided once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear
+Everything that talks to Kafka goes through these factories: kafka-python clients for the
+command line, replay, tail and state reads; aiokafka clients (:func:`async_consumer`,
+:func:`async_producer`) for the stream worker's event loop (:mod:`pipeline.app`). Settings such as
+``acks=all`` or "no producer linger" are decided once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear
 line, so the command line never prints a traceback for an unreachable broker.
 """
 
@@ -124,6 +125,38 @@ CONSUMER_SETTINGS: dict[str, Any] = {
     "fetch_max_wait_ms": 10,
     "auto_offset_reset": "earliest",
 }
+
+
+#: The stream worker's aiokafka producer: the same guarantees as :data:`PRODUCER_SETTINGS`
+#: (aiokafka keeps one batch per partition in flight, so retries cannot reorder a partition).
+ASYNC_PRODUCER_SETTINGS: dict[str, Any] = {
+    "acks": "all",
+    "linger_ms": 0,
+    "request_timeout_ms": 15000,
+    "max_request_size": 2 * 1024 * 1024,
+}
+
+
+def async_consumer(topics: Sequence[str], bootstrap: str, *, group_id: str, listener: Any = None,
+                   **overrides: Any) -> Any:
+    """An ``aiokafka.AIOKafkaConsumer`` in ``group_id`` with :data:`CONSUMER_SETTINGS`, subscribed
+    to ``topics`` (with the rebalance ``listener``), offsets committed by the caller. Not started.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    settings = {**CONSUMER_SETTINGS, "enable_auto_commit": False, **overrides}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, client_id="biopriv-worker",
+                                **settings)
+    consumer.subscribe(list(topics), listener=listener)
+    return consumer
+
+
+def async_producer(bootstrap: str, **overrides: Any) -> Any:
+    """An ``aiokafka.AIOKafkaProducer`` with :data:`ASYNC_PRODUCER_SETTINGS`. Not started."""
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, client_id="biopriv-worker",
+                            **{**ASYNC_PRODUCER_SETTINGS, **overrides})
 
 
 @contextlib.contextmanager

@@ -1,48 +1,60 @@
-"""The stream worker: a thin faust-streaming shell around :class:`~pipeline.processor.Processor`.
+"""The stream worker: a faust-streaming app whose one service feeds :class:`~pipeline.processor.Processor`
+in batches.
 
-One agent consumes the three raw topics (``<prefix>raw.eeg|audio|bio``), keyed by device id so
-each device's frames arrive in order on one partition. For every message it calls the processor
-and sends what comes back:
+:class:`StreamWorker` consumes the three raw topics (``<prefix>raw.eeg|audio|bio``, keyed by device
+id so each device's frames arrive in order on one partition) with an aiokafka consumer in the
+worker's consumer group, takes what one fetch returned (``getmany``), calls the processor for
+every message in partition order and sends what comes back:
 
-* releases to ``<prefix>private.features`` (key = pseudonym, value = JSON release);
+* releases to ``<prefix>private.features`` (key = pseudonym, value = JSON release, header
+  ``biopriv-t-release-ns``);
 * dead letters to ``<prefix>deadletter``: the original bytes unchanged, with the reason in the
   headers ``biopriv-reason``, ``biopriv-detail``, ``biopriv-source`` (topic/partition/offset);
 * operational events (suppressed releases, feature errors) to ``<prefix>events``.
 
+**Why batches, not a Faust agent.** Until 0.2 the worker was an ``@app.agent`` over a Faust stream.
+Profiled under the standard load of ``benchmarks/latency`` (``benchmarks/results/latest.md``), Faust's
+per-event path (its consumer thread handing each message across threads, the conductor, one
+``Event`` and one acknowledgement per message, one ``Topic.send`` future per release) took 49 %
+of the worker's main thread against 25 % for the processing core, and one worker sustained 390
+frames/s. The Faust app still hosts the worker (process lifecycle, signals, logging, timers), but
+consuming and producing are one aiokafka fetch -> process -> send loop (:mod:`connectors.kafka`
+builds both clients), the shape of the passthrough floor the benchmark compares against.
+
 Latency settings, and why:
 
-* producer linger 0: a release is sent as soon as it exists, not batched;
+* producer linger 0: a release is handed to the broker connection as soon as it exists;
 * the consumer's fetch returns as soon as one byte is available (``fetch_min_bytes=1``) and an
-  idle fetch waits at most ``fetch_max_wait_ms`` = 10 ms (:data:`CONSUMER_SETTINGS`). Faust
-  hard-codes 1,500 ms there; :class:`LowLatencyTransport` lowers it, because aiokafka keeps one
-  fetch in flight per broker and a partition whose records were just consumed is not in that
-  fetch: its next frame would otherwise wait up to 1.5 s for an idle fetch to return;
-* ``stream_wait_empty=False``, ``web_enabled=False``: no waiting on shutdown for buffers, no
-  web server in the worker.
+  idle fetch waits at most ``fetch_max_wait_ms`` = 10 ms (:data:`~connectors.kafka.CONSUMER_SETTINGS`):
+  aiokafka keeps one fetch in flight per broker and a partition whose records were just consumed
+  is not in that fetch, so its next frame waits for an idle fetch to return;
+* processing yields to the event loop every :data:`YIELD_EVERY_S` (2 ms) of a batch, so the
+  producer's sender writes releases out while the rest of the batch is processed.
 
-Fairness and bounded memory (``docs/operations.md``, "Backpressure and floods"): Faust delivers
-each fetched batch round-robin over partitions into one agent queue, so a partition with a backlog
-delays the others by its batch plus the queue. Faust's defaults (4 MiB fetched per partition,
-4,096 queued messages) let one flooding device add seconds (measured: 6.1 s p50, 8.7 s max) to the
-devices on other partitions; ``consumer_max_fetch_size`` = 64 KiB and ``stream_buffer_maxsize`` =
-1,024 (:class:`WorkerSettings`, ``--fetch-bytes``, ``--stream-buffer``) bring that to about 0.25 s
-p50 / 0.9 s max, and bound what a worker buffers: a full queue pauses fetching, so a burst waits
-in Kafka, not in the worker's memory. Devices silent for ``device_idle_s`` have their windows
-evicted (:meth:`~pipeline.processor.Processor.evict_idle`).
+Fairness and bounded memory (``docs/operations.md``, "Backpressure and floods"): one fetch returns
+at most ``fetch_bytes_per_partition`` (64 KiB, ``--fetch-bytes``) per partition, and one batch at
+most ``max_batch`` messages (``--max-batch``): a partition with a backlog delays the others by at
+most one batch, and a burst waits in Kafka, not in the worker's memory. Devices silent for
+``device_idle_s`` have their windows evicted (:meth:`~pipeline.processor.Processor.evict_idle`).
 
-Durable state (:mod:`pipeline.state`, ``docs/operations.md``): every ``checkpoint_interval_s`` the
-worker snapshots the ledger (and the window-grid anchors of restarted streams) of the devices that
-changed and the resume offset of each raw partition it owns, waits until every release sent so far
-is acknowledged, writes the device records to ``<prefix>state``, waits again, then writes the
-resume offsets. The first message of a newly assigned raw partition triggers its recovery: the
-partition's ledger records are loaded into the privacy engine, grid anchors are parked in the
-processor, and ``[resume, first offset)`` is re-fed to the processor with its output discarded
-(Faust flushes the producer before it commits an offset, so that output was published already).
-Delivery is at-least-once; a redelivered window is a ledger replay and is not published again, and
-a release lost from the ledger between two checkpoints is re-released bit-identically (same
-``release_id`` and value bytes; only the ``biopriv-t-release-ns`` header, delivery metadata,
-differs). ``exactly_once`` was tried and
-is not used (``docs/operations.md``, "exactly_once").
+Durable state (:mod:`pipeline.state`, ``docs/operations.md``): every ``checkpoint_interval_s``
+the loop begins a checkpoint between two batches: the devices whose ledger changed, the resume
+offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
+slice, window-grid anchors of restarted streams) are then encoded between the following batches,
+at most :data:`CHECKPOINT_SLICE_S` (2 ms) at a time: encoding all 140 devices of the standard
+benchmark fleet at once held the loop 35-100 ms. A background task then waits until every message
+sent so far is acknowledged, commits the consumed offsets, writes the device records to
+``<prefix>state``, waits again, then writes the resume offsets; processing goes on meanwhile (one
+checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
+before they are released. The first message of a newly assigned raw partition triggers its
+recovery: the partition's ledger records are loaded into the privacy engine, grid anchors are
+parked in the processor, and ``[resume, first offset)`` is re-fed to the processor with its output
+discarded (offsets are committed only after the output of the messages before them was
+acknowledged, so that output was published already). Delivery is at-least-once; a redelivered
+window is a ledger replay and is not published again, and a release lost from the ledger between
+two checkpoints is re-released bit-identically (same ``release_id`` and value bytes; only the
+``biopriv-t-release-ns`` header, delivery metadata, differs). Transactions (``exactly_once``) were
+tried and are not used (``docs/operations.md``, "exactly_once").
 """
 
 from __future__ import annotations
@@ -56,10 +68,19 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.transport.drivers import TRANSPORTS
-from faust.transport.drivers import aiokafka as faust_aiokafka
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
+from faust.app.base import BootStrategy
+from mode import Service
 
-from connectors.kafka import CONSUMER_SETTINGS, DEFAULT_BOOTSTRAP, DEFAULT_PARTITIONS, Topics, read_partition
+from connectors.kafka import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_PARTITIONS,
+    Topics,
+    async_consumer,
+    async_producer,
+    read_partition,
+)
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import ResumeTracker, device_record, load_partition, merge_ledger, resume_record, split_ledger
 
@@ -67,30 +88,17 @@ log = logging.getLogger("biopriv.worker")
 
 #: Largest dead-letter value published: longer (oversize) originals are cut to this many bytes
 #: and carry ``biopriv-truncated: <original length>``, so one huge frame cannot exceed the
-#: producer's request size and crash the agent.
+#: producer's request size.
 DEADLETTER_MAX_VALUE = 900_000
 
+#: Processing time after which a batch yields to the event loop (producer sender, heartbeats).
+YIELD_EVERY_S = 0.002
 
-class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        # aiokafka reads this when it builds its fetcher in start(), after this point.
-        consumer._fetch_max_wait_ms = CONSUMER_SETTINGS["fetch_max_wait_ms"]
-        return consumer
+#: Longest a checkpoint's record encoding holds the loop between two batches, s.
+CHECKPOINT_SLICE_S = 0.002
 
-
-class _LowLatencyConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class LowLatencyTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with a short fetch wait (see the module docstring)."""
-
-    Consumer = _LowLatencyConsumer
-
-
-TRANSPORTS.aliases["biopriv"] = f"{__name__}:LowLatencyTransport"
+#: Longest wait of one fetch when no partition has data, ms (the loop's idle tick).
+POLL_TIMEOUT_MS = 100
 
 
 @dataclass(frozen=True)
@@ -107,11 +115,10 @@ class WorkerSettings:
     data_dir: Path = Path(".biopriv/worker")
     checkpoint_interval_s: float = 1.0
     session_timeout_s: float = 10.0
-    processing_guarantee: str = "at_least_once"
     state_idle_s: float = 600.0
-    #: Messages the agent's input queue holds (Faust ``stream_buffer_maxsize``; Faust's default is 4,096).
-    stream_buffer: int = 1024
-    #: Bytes fetched per partition and request (Faust ``consumer_max_fetch_size``; Faust's default is 4 MiB).
+    #: Most messages processed per fetched batch (aiokafka ``getmany(max_records=...)``).
+    max_batch: int = 500
+    #: Bytes fetched per partition and request (aiokafka ``max_partition_fetch_bytes``).
     fetch_bytes_per_partition: int = 64 * 1024
     #: Window state of a device silent this long (wall clock, s) is evicted (its grid anchor kept).
     device_idle_s: float = 600.0
@@ -126,158 +133,235 @@ def build_processor(settings: WorkerSettings) -> Processor:
     return Processor(PrivacyEngine(config, keys), keys.pseudonym)
 
 
-def create_app(settings: WorkerSettings, processor: Processor) -> faust.App:
-    """The Faust app: one agent over the raw topics, sending the processor's outcome."""
-    app = faust.App(
-        settings.group,
-        broker=f"biopriv://{settings.bootstrap}",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.partitions,
-        producer_linger=0.0,
-        producer_acks=-1,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        stream_wait_empty=False,
-        web_enabled=False,
-        autodiscover=False,
-        datadir=str(settings.data_dir),
-        store="memory://",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
-        processing_guarantee=settings.processing_guarantee,
-        # fairness and bounded memory under a flood or a backlog (docs/operations.md, "Backpressure")
-        stream_buffer_maxsize=settings.stream_buffer,
-        consumer_max_fetch_size=settings.fetch_bytes_per_partition,
-    )
-    t = settings.topics
-    source = app.topic(*t.raw_all, key_type=bytes, value_type=bytes)
-    private = app.topic(t.private, key_type=bytes, value_type=bytes)
-    deadletter = app.topic(t.deadletter, key_type=bytes, value_type=bytes)
-    events = app.topic(t.events, key_type=bytes, value_type=bytes)
-    state_topic = app.topic(t.state, key_type=bytes, value_type=bytes)
-    state = _WorkerState(settings, processor)
+@dataclass
+class _Checkpoint:
+    """One checkpoint: begun between two batches, device records encoded a slice at a time.
 
-    async def publish(outcome: Outcome, source_ref: str) -> None:
+    ``resume`` and ``commits`` are taken when it begins; each device's ledger slice when its
+    record is encoded, later. A ledger slice at least as recent as the resume offsets is what a
+    rebuild needs (the windows it does not re-feed are in the ledger); a more recent one is fine.
+    """
+
+    dirty: set[str]
+    todo: list[str]
+    resume: dict[tuple[str, int], int]
+    commits: dict[TopicPartition, int]
+    records: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+
+
+class StreamWorker(Service):
+    """Fetch -> process -> send loop over the raw topics, with durable-state checkpoints."""
+
+    def __init__(self, settings: WorkerSettings, processor: Processor, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.processor = processor
+        self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
+        #: Held while a batch is processed, and by revocation and eviction, which change the state.
+        self.lock = asyncio.Lock()
+        self.assigned: set[TopicPartition] = set()
+        self.recovered: set[tuple[str, int]] = set()
+        self.loaded: dict[int, dict[str, int]] = {}  # partition number -> resume offset per raw topic
+        self.consumed: dict[TopicPartition, int] = {}  # next offset to commit, per raw partition
+        self.checkpoints = 0
+        self.rebuilt_frames = 0
+        self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
+        self._pending: _Checkpoint | None = None  # the checkpoint being encoded
+        self._next_checkpoint = 0.0
+        self._loop_done = asyncio.Event()
+        self.producer: Any = None
+        self.consumer: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.producer = async_producer(s.bootstrap)
+        await self.producer.start()
+        self.consumer = async_consumer(
+            s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self),
+            max_partition_fetch_bytes=s.fetch_bytes_per_partition,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000),
+        )
+        await self.consumer.start()
+        self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+
+    async def on_stop(self) -> None:
+        """Finish the batch in hand, checkpoint and commit everything owned, leave the group."""
+        try:
+            await asyncio.wait_for(self._loop_done.wait(), timeout=30)
+        except TimeoutError:
+            log.warning("the processing loop did not stop within 30 s")
+        try:
+            async with self.lock:
+                await self._checkpoint(None)
+        except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
+            log.exception("final checkpoint failed")
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    @Service.task
+    async def _consume(self) -> None:
+        try:
+            while not self.should_stop:
+                try:
+                    batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
+                except ConsumerStoppedError:
+                    break
+                if batches:
+                    async with self.lock:
+                        await self._process(batches)
+                self._checkpoint_step()
+        finally:
+            self._loop_done.set()
+
+    # -- processing ---------------------------------------------------------------------------
+
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        processor, tracker = self.processor, self.tracker
+        deadline = time.perf_counter() + YIELD_EVERY_S
+        for tp, messages in batches.items():
+            if tp not in self.assigned:  # revoked after the fetch: the next owner reads them
+                continue
+            key = (tp.topic, tp.partition)
+            if key not in self.recovered:
+                await self._recover(key, messages[0].offset)
+            for msg in messages:
+                value = msg.value if msg.value is not None else b""
+                try:
+                    outcome = processor.process(value, msg.key)
+                except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
+                    log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, msg.offset)
+                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
+                tracker.observe(key, msg.offset, outcome.frame)
+                if outcome.releases or outcome.dead_letters or outcome.events:
+                    await self._publish(outcome, tp, msg.offset)
+                if time.perf_counter() >= deadline:
+                    await asyncio.sleep(0)  # let the producer send what is ready
+                    deadline = time.perf_counter() + YIELD_EVERY_S
+            self.consumed[tp] = messages[-1].offset + 1
+
+    async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int) -> None:
+        t, send = self.settings.topics, self.producer.send
         for r in outcome.releases:
-            await private.send(key=r.key, value=r.value, headers=[("biopriv-t-release-ns", b"%d" % r.t_release_ns)])
+            await send(t.private, r.value, key=r.key, headers=[("biopriv-t-release-ns", b"%d" % r.t_release_ns)])
         for d in outcome.dead_letters:
             headers = [
                 ("biopriv-reason", d.reason.encode()),
                 ("biopriv-detail", d.detail.encode()[:1000]),
-                ("biopriv-source", source_ref.encode()),
+                ("biopriv-source", f"{tp.topic}/{tp.partition}/{offset}".encode()),
             ]
             value = d.value
             if len(value) > DEADLETTER_MAX_VALUE:
                 headers.append(("biopriv-truncated", str(len(value)).encode()))
                 value = value[:DEADLETTER_MAX_VALUE]
-            await deadletter.send(key=(d.key or b"")[:1000] or None, value=value, headers=headers)
+            await send(t.deadletter, value, key=(d.key or b"")[:1000] or None, headers=headers)
         for e in outcome.events:
-            await events.send(key=str(e.get("pseudonym", "")).encode(), value=json.dumps(e).encode())
+            await send(t.events, json.dumps(e).encode(), key=str(e.get("pseudonym", "")).encode())
 
-    @app.agent(source, name="biopriv-process")
-    async def process(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            tp = (msg.topic, msg.partition)
-            if tp not in state.recovered:
-                await state.recover(tp, msg.offset)
-            ref = f"{msg.topic}/{msg.partition}/{msg.offset}"
-            value = bytes(msg.value) if isinstance(msg.value, (bytes, bytearray)) else b""
-            async with state.lock:
+    # -- durable state ------------------------------------------------------------------------
+
+    def _begin(self, partitions: set[int] | None) -> _Checkpoint:
+        """Start a checkpoint of ``partitions`` (all owned if None): dirty devices, offsets."""
+        processor, tracker = self.processor, self.tracker
+        dirty = processor.dirty_devices
+        processor.dirty_devices = set()
+        if partitions is not None:
+            keep = {d for d in dirty if tracker.partition_of(d) not in partitions}
+            processor.dirty_devices |= keep
+            dirty -= keep
+        owned = [tp for tp in self.recovered if partitions is None or tp[1] in partitions]
+        commits = {tp: o for tp, o in self.consumed.items() if partitions is None or tp.partition in partitions}
+        return _Checkpoint(dirty=dirty, todo=sorted(dirty), resume=tracker.resume_offsets(owned), commits=commits)
+
+    def _encode(self, cp: _Checkpoint, budget_s: float | None) -> bool:
+        """Encode device records for at most ``budget_s`` (all if None); True when none are left."""
+        processor, tracker = self.processor, self.tracker
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while cp.todo:
+            device = cp.todo.pop()
+            p = tracker.partition_of(device)
+            ledger = split_ledger(processor.engine.ledger_state((device,)), (device,)).get(device)
+            windows = processor.anchors(device)
+            if p is not None and (ledger is not None or windows):
+                key, value = device_record(device, ledger, windows or None)
+                cp.records.append((key, value, p))
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        return not cp.todo
+
+    def _checkpoint_step(self) -> None:
+        """Between batches: begin a due checkpoint, encode a slice of it, or hand it to the writer."""
+        if self._pending is None:
+            if time.monotonic() < self._next_checkpoint or (self._writing is not None and not self._writing.done()):
+                return
+            self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
+            self._pending = self._begin(None)
+        if self._encode(self._pending, CHECKPOINT_SLICE_S):
+            self._writing = asyncio.create_task(self._write_logged(self._pending))
+            self._pending = None
+
+    async def _write(self, cp: _Checkpoint) -> None:
+        """Write one checkpoint: acknowledged releases, then offsets and ledgers, then resume offsets."""
+        state_topic, producer = self.settings.topics.state, self.producer
+        try:
+            await producer.flush()  # every release charged in the device records is acknowledged
+            if cp.commits:
                 try:
-                    outcome = processor.process(value, msg.key)
-                except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
-                    log.exception("internal error on %s", ref)
-                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
-                state.tracker.observe(tp, msg.offset, outcome.frame)
-                await publish(outcome, ref)  # enqueued under the lock: a checkpoint flush covers it
+                    await self.consumer.commit(cp.commits)
+                except (CommitFailedError, KafkaError) as exc:  # a rebalance is under way: redelivered later
+                    log.warning("offset commit failed (%s); those messages will be redelivered", exc)
+            for key, value, partition in cp.records:
+                await producer.send(state_topic, value, key=key, partition=partition)
+            await producer.flush()  # ledger records before the resume offsets that rely on them
+            for (topic, partition), offset in cp.resume.items():
+                key, value = resume_record(topic, partition, offset)
+                await producer.send(state_topic, value, key=key, partition=partition)
+            await producer.flush()
+        except BaseException:
+            self.processor.dirty_devices |= cp.dirty
+            raise
+        self.checkpoints += 1
 
-    async def checkpoint(partitions: set[int] | None = None) -> None:
-        async with state.checkpoint_lock:
-            async with state.lock:
-                dirty = processor.dirty_devices
-                processor.dirty_devices = set()
-                if partitions is not None:
-                    keep = {d for d in dirty if state.tracker.partition_of(d) not in partitions}
-                    processor.dirty_devices |= keep
-                    dirty -= keep
-                ledger = split_ledger(processor.engine.ledger_state(dirty), dirty) if dirty else {}
-                windows = {d: a for d in dirty if (a := processor.anchors(d))}
-                owned = [tp for tp in state.recovered if partitions is None or tp[1] in partitions]
-                resume = state.tracker.resume_offsets(owned)
-                where = {d: state.tracker.partition_of(d) for d in set(ledger) | set(windows)}
-            try:
-                await app.producer.flush()  # every release charged in `ledger` is acknowledged
-                for device, p in where.items():
-                    if p is None:
-                        continue
-                    key, value = device_record(device, ledger.get(device), windows.get(device))
-                    await state_topic.send(key=key, value=value, partition=p)
-                await app.producer.flush()  # ledger records before the resume offsets that rely on them
-                for (topic, partition), offset in resume.items():
-                    key, value = resume_record(topic, partition, offset)
-                    await state_topic.send(key=key, value=value, partition=partition)
-                await app.producer.flush()
-            except BaseException:
-                processor.dirty_devices |= dirty
-                raise
-            state.checkpoints += 1
+    async def _write_logged(self, cp: _Checkpoint) -> None:
+        try:
+            await self._write(cp)
+        except Exception:  # noqa: BLE001 - the devices stay dirty; the next checkpoint retries
+            log.exception("checkpoint failed")
 
-    @app.timer(settings.checkpoint_interval_s)
-    async def checkpoint_timer() -> None:
-        await checkpoint()
-        async with state.lock:  # idle devices' ring buffers go; their grid anchors and ledgers stay
-            evicted = processor.evict_idle(settings.device_idle_s)
-        if evicted:
-            log.info("evicted the window state of %d device(s) idle for %.0f s", len(evicted), settings.device_idle_s)
+    async def _checkpoint(self, partitions: set[int] | None) -> None:
+        """Write a checkpoint now, after the ones in progress (caller holds the lock)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._encode(pending, None)
+            self._writing = asyncio.create_task(self._write_logged(pending))
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
+        cp = self._begin(partitions)
+        self._encode(cp, None)
+        await self._write(cp)
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types omit **kwargs handlers
-    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        parts = {tp.partition for tp in revoked if tp.topic in t.raw_all}
+    async def revoke(self, revoked: set[TopicPartition]) -> None:
+        """Checkpoint and commit revoked raw partitions, then forget their devices."""
+        self.assigned -= revoked
+        parts = {tp.partition for tp in revoked if tp.topic in self.settings.topics.raw_all}
         if not parts:
             return
-        try:
-            await checkpoint(parts)
-        except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
-            log.exception("checkpoint on revocation failed")
-        async with state.lock:
-            state.drop(parts)
-
-    @app.timer(settings.stats_interval_s)
-    async def report_stats() -> None:
-        s = processor.stats
-        busy_ms = s.busy_ns / 1e6
-        log.info(
-            "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
-            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d",
-            s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", busy_ms,
-            (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, state.checkpoints, state.rebuilt_frames,
-            len(processor.devices()), processor.parked(),
-        )
-
-    return app
-
-
-class _WorkerState:
-    """The shell's bookkeeping for durable state: owned partitions, recovery, checkpoints."""
-
-    def __init__(self, settings: WorkerSettings, processor: Processor) -> None:
-        self.settings = settings
-        self.processor = processor
-        self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
-        self.lock = asyncio.Lock()  # processing + enqueueing outputs vs. checkpoint snapshots
-        self.checkpoint_lock = asyncio.Lock()
-        self.recovered: set[tuple[str, int]] = set()
-        self.loaded: dict[int, dict[str, int]] = {}  # partition number -> resume offset per raw topic
-        self.checkpoints = 0
-        self.rebuilt_frames = 0
+        async with self.lock:
+            try:
+                await self._checkpoint(parts)
+            except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
+                log.exception("checkpoint on revocation failed")
+            self._drop(parts)
 
     def _swap_ledger(self, slices: dict[str, Any], drop: set[str]) -> None:
         engine = self.processor.engine
         self.processor.engine = engine.with_ledger(merge_ledger(engine.ledger_state(), slices, drop=drop))
 
-    def drop(self, partitions: set[int]) -> None:
+    def _drop(self, partitions: set[int]) -> None:
         """Forget windows, ledger and offsets of devices on revoked partition numbers."""
         devices = self.tracker.devices_on(partitions)
         self.processor.forget_devices(devices)
@@ -285,11 +369,12 @@ class _WorkerState:
             self._swap_ledger({}, devices)
         self.tracker.forget(partitions)
         self.recovered = {tp for tp in self.recovered if tp[1] not in partitions}
+        self.consumed = {tp: o for tp, o in self.consumed.items() if tp.partition not in partitions}
         for p in partitions:
             self.loaded.pop(p, None)
         log.info("dropped state of partitions %s (%d devices)", sorted(partitions), len(devices))
 
-    async def recover(self, tp: tuple[str, int], first_offset: int) -> None:
+    async def _recover(self, tp: tuple[str, int], first_offset: int) -> None:
         """Load the partition's ledger (once per partition number) and rebuild its windows."""
         loop = asyncio.get_running_loop()
         bootstrap, state_topic = self.settings.bootstrap, self.settings.topics.state
@@ -298,32 +383,93 @@ class _WorkerState:
         if partition not in self.loaded:
             records = await loop.run_in_executor(None, read_partition, bootstrap, state_topic, partition)
             ps = load_partition((k, v) for k, v, _o in records)
-            async with self.lock:
-                self.processor.forget_devices(set(ps.devices) | set(ps.windows))
-                for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
-                    self.processor.park(device, anchors)
-                self._swap_ledger(ps.devices, set(ps.devices))
-                self.loaded[partition] = ps.resume
+            self.processor.forget_devices(set(ps.devices) | set(ps.windows))
+            for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
+                self.processor.park(device, anchors)
+            self._swap_ledger(ps.devices, set(ps.devices))
+            self.loaded[partition] = ps.resume
             log.info("loaded state partition %d: %d records, %d device ledgers, resume offsets %s",
                      partition, ps.records, len(ps.devices), ps.resume)
         start = self.loaded[partition].get(topic, 0)
-        frames = []
         if start < first_offset:
             frames = await loop.run_in_executor(None, read_partition, bootstrap, topic, partition, start, first_offset)
-            async with self.lock:
-                before = (self.processor.stats.releases, self.processor.stats.replayed)
-                for key, value, offset in frames:
-                    try:
-                        outcome = self.processor.process(value or b"", key)
-                    except Exception:  # noqa: BLE001 - it was dead-lettered when first seen
-                        outcome = Outcome()
-                    self.tracker.observe(tp, offset, outcome.frame)
-                recharged = self.processor.stats.releases - before[0]
-                replayed = self.processor.stats.replayed - before[1]
+            before = (self.processor.stats.releases, self.processor.stats.replayed)
+            for key, value, offset in frames:
+                try:
+                    outcome = self.processor.process(value or b"", key)
+                except Exception:  # noqa: BLE001 - it was dead-lettered when first seen
+                    outcome = Outcome()
+                self.tracker.observe(tp, offset, outcome.frame)
+            recharged = self.processor.stats.releases - before[0]
+            replayed = self.processor.stats.replayed - before[1]
             self.rebuilt_frames += len(frames)
             log.info("rebuilt %s/%d from offset %d to %d: %d messages, %d windows recharged, %d replayed, %.2f s",
                      topic, partition, start, first_offset, len(frames), recharged, replayed, time.monotonic() - t0)
         self.recovered.add(tp)
+
+    # -- periodic -----------------------------------------------------------------------------
+
+    async def evict_idle(self) -> None:
+        """Drop the ring buffers of idle devices (their grid anchors and ledgers stay)."""
+        async with self.lock:
+            evicted = self.processor.evict_idle(self.settings.device_idle_s)
+        if evicted:
+            log.info("evicted the window state of %d device(s) idle for %.0f s", len(evicted), self.settings.device_idle_s)
+
+    def log_stats(self) -> None:
+        s, p = self.processor.stats, self.processor
+        log.info(
+            "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
+            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d",
+            s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", s.busy_ns / 1e6,
+            (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
+            len(p.devices()), p.parked(),
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.worker.revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.assigned = set(assigned)
+        log.info("assigned %d partitions: %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class _ShellOnly(BootStrategy):
+    """Faust boots no Kafka client, web server or sensor of its own: :class:`StreamWorker` owns Kafka."""
+
+    enable_kafka = False
+    enable_web = False
+    enable_sensors = False
+
+
+class _App(faust.App):
+    BootStrategy = _ShellOnly
+    stream_worker: StreamWorker | None = None
+
+    def on_init_dependencies(self) -> Any:
+        deps = list(super().on_init_dependencies())
+        return deps + [self.stream_worker] if self.stream_worker is not None else deps
+
+
+def create_app(settings: WorkerSettings, processor: Processor) -> tuple[faust.App, StreamWorker]:
+    """The Faust app hosting one :class:`StreamWorker` (plus its eviction and statistics timers)."""
+    app = _App(settings.group, autodiscover=False, web_enabled=False, datadir=str(settings.data_dir), store="memory://")
+    worker = app.stream_worker = StreamWorker(settings, processor)
+
+    @app.timer(settings.checkpoint_interval_s)
+    async def evict() -> None:
+        await worker.evict_idle()
+
+    @app.timer(settings.stats_interval_s)
+    async def report_stats() -> None:
+        worker.log_stats()
+
+    return app, worker
 
 
 def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:
@@ -332,7 +478,7 @@ def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     processor = build_processor(settings)
-    app = create_app(settings, processor)
+    app, _ = create_app(settings, processor)
     started = time.monotonic()
     log.info("worker %s consuming %s from %s", settings.group, ", ".join(settings.topics.raw_all), settings.bootstrap)
     worker = Worker(app, loglevel=loglevel, quiet=True)

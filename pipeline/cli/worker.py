@@ -1,4 +1,4 @@
-"""``biopriv worker``: run a stream worker (faust-streaming) against the broker."""
+"""``biopriv worker``: run a stream worker (a faust-streaming app, batched aiokafka I/O) against the broker."""
 
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
     p.add_argument("--session-timeout", type=float, default=10.0, help="consumer group session timeout, s: how fast a dead worker's partitions move (default %(default)s)")
-    p.add_argument("--processing-guarantee", default="at_least_once", choices=["at_least_once", "exactly_once"], help="Faust processing guarantee (default %(default)s; see docs/operations.md before using exactly_once)")
     p.add_argument("--device-idle", type=float, default=600.0, help="evict the window buffers of a device without a frame for this many seconds; its window grid and budget are kept (default %(default)s)")
-    p.add_argument("--stream-buffer", type=int, default=1024, help="messages queued for the agent (Faust stream_buffer_maxsize; default %(default)s): bounds memory and how long a flooding partition delays the others")
-    p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (Faust consumer_max_fetch_size; default %(default)s); larger favours throughput of tiny messages over fairness")
+    p.add_argument("--max-batch", type=int, default=500, help="most messages processed per fetched batch (default %(default)s): bounds memory and how long a flooding partition delays the others")
+    p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (default %(default)s); larger favours throughput of tiny messages over fairness")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -59,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         checkpoint_interval_s=args.checkpoint_interval,
         session_timeout_s=args.session_timeout,
-        processing_guarantee=args.processing_guarantee,
         device_idle_s=args.device_idle,
-        stream_buffer=args.stream_buffer,
+        max_batch=args.max_batch,
         fetch_bytes_per_partition=args.fetch_bytes,
     )
     run_worker(settings, loglevel=args.log_level)
