@@ -13,12 +13,20 @@ periodogram of each Welch segment is kept by its position in the segment, so wit
 segments, 50 % overlap and a 0.5 s hop each new window computes one segment FFT instead of three;
 the time-domain statistics are kept per block of ``gcd(window, hop)`` samples in a ring (block mean
 and sum of squared deviations, merged with Chan et al.'s pairwise formula; sums of ``dx^2``,
-``ddx^2`` and ``|dx|`` inside the block, plus the three differences that straddle the boundary to
-the next block once that block is known), so each new window computes one 0.5 s block. The results
+``ddx^2`` and ``|dx|`` including the differences that straddle the block's left boundary, which
+the window's first block gives back), so each new window computes one 0.5 s block. The results
 equal the from-scratch computation up to floating-point summation order (tested to 1e-9 relative;
 ``sef95``, a bin frequency, could only differ if the cumulative power sat within rounding of the
 95 % threshold). Without a cache (or for windows with interpolated samples) every window is
 computed from scratch.
+
+**Cost.** At 64 channels the arrays are small and the cost of a window is mostly the number of
+numpy calls (about a microsecond each) and the one FFT of the new segment, so the code works on
+all channels at once and favours single calls: sums as matrix products with precomputed 0/1
+weights, one flat 1-D difference over a block whose channel rows run back to back, the window's
+time-domain statistics as one product of a weight matrix with the block ring, relative powers,
+spectral edge and entropy from one normalized spectrum, and the NaN rules for flat channels only
+when a non-finite value shows they are needed.
 
 Per channel ``ch`` (data in uV):
 
@@ -43,8 +51,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import scipy.signal
@@ -65,6 +75,8 @@ BANDS: dict[str, tuple[float, float]] = {
 }
 #: Range over which relative power, SEF and entropy are computed, Hz.
 TOTAL_RANGE = (1.0, 45.0)
+#: Fraction of the 1-45 Hz power below the spectral edge frequency (``sef95``).
+SEF_FRACTION = 0.95
 
 #: Upper clipping bound of absolute band power per band, uV^2. Resting scalp EEG has total power
 #: of the order of 10-100 uV^2; alpha in occipital channels with eyes closed reaches ~100 uV^2 and
@@ -116,15 +128,29 @@ class _Plan:
     scale: float  # density scaling incl. one-sided doubling
     one_sided: np.ndarray  # (n_freq,) 1 or 2
     freqs: np.ndarray
-    band_matrix_t: np.ndarray  # (n_bands, n_freq_in_range): df in the band's bins, 0 elsewhere
+    range_freqs: np.ndarray  # freqs[range_sl]
+    band_matrix_t: np.ndarray  # (n_bands + 1, n_freq_in_range): df in the band's bins, 0 elsewhere; ones
     cumulate: np.ndarray  # (n_freq_in_range, n_freq_in_range) upper-triangular ones: x @ it = cumsum
     range_sl: slice
-    range_scale: np.ndarray  # (n_freq_in_range,) scale * one_sided / n_segments, applied to summed power
+    range_scale: np.ndarray  # (n_ch, n_freq_in_range) scale * one_sided / n_segments, per segment periodogram
     n_seg: int  # Welch segments per window
+    seg_mean: np.ndarray  # (n_per_seg,) all 1 / n_per_seg: segments @ it = their means
+    taper_rows: np.ndarray  # (n_ch, n_per_seg) the taper in every row
+    band_select_t: np.ndarray  # (n_bands, n_freq_in_range): 1 in the band's bins, 0 elsewhere
     names: tuple[str, ...]
     index: dict[str, int]  # name -> position in names
     faa: tuple[int, int] | None  # (right, left) channel indices
     specs: tuple[FeatureSpec, ...]
+
+
+#: Rows of one block's statistics in :attr:`_Memo.ring`: the even rows 0, 2, 4, 6 hold the block's
+#: sum of squared deviations from its mean and its sums of dx^2, ddx^2 and |dx|, including the terms
+#: that straddle the block's left boundary ("full"); the odd rows 1, 3, 5, 7 hold those boundary
+#: terms alone ("lead"; the squared deviations have none: row 1 is 0); row 8 the block mean.
+_FULL = slice(0, 8, 2)
+_LEAD = slice(1, 8, 2)
+_MEAN = 8
+_ROWS = 9
 
 
 @dataclass(slots=True)
@@ -132,19 +158,21 @@ class _Memo:
     """Incremental state of one extractor configuration in one windower segment.
 
     Memory: the periodograms of the window's Welch segments (64 channels: 3 x 22 KiB) and the block
-    ring (64 channels, 4 blocks: 10 KiB), next to the windower's own ring buffer (~340 KiB).
+    ring (64 channels, 4 blocks: 18 KiB), next to the windower's own ring buffer (~340 KiB).
     """
 
     block: int  # block length g (gcd of window length and hop), 0 when blocks are not used
     segs: dict[int, np.ndarray] = field(default_factory=dict)  # segment start -> (n_ch, n_range) power
-    # Block statistics in a ring of n // g slots (block at position p in slot (p // g) % slots), rows:
-    # mean, sum of squared deviations, sums of dx^2, ddx^2, |dx|. Once the next block is known, the
-    # differences straddling the boundary between them are added to the earlier block's sums
-    # (``linked``), so the ring summed over its slots gives the window's sums.
-    ring: np.ndarray | None = None  # (slots, 5, n_ch)
+    # Block statistics in a ring of n // g slots (block at position p in slot (p // g) % slots), rows
+    # as described at _FULL. The differences that straddle the boundary between two blocks (one
+    # dx^2 and |dx| term, two ddx^2 terms) count in the later block's full sums, so a window's sums
+    # are the full sums of its blocks minus the lead terms of its first block. A block computed as
+    # the first of a window has no earlier samples and no lead terms (``lead`` False): it is
+    # recomputed should a later window need it in another place.
+    ring: np.ndarray | None = None  # (slots, _ROWS, n_ch)
     block_pos: list[int] = field(default_factory=list)  # position of the block in each slot, -1: none
-    linked: list[bool] = field(default_factory=list)  # boundary to the next block already added
-    ones: np.ndarray = field(default_factory=lambda: np.ones(0))  # (g,) for row sums
+    lead: list[bool] = field(default_factory=list)  # the full sums include the boundary terms
+    masks: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: _block_masks(0))  # see _block_masks
 
 
 class EegExtractor:
@@ -189,14 +217,22 @@ class EegExtractor:
         rate = float(sample_rate)
         plan = self._plan(tuple(channels), rate, data.shape[1])
         x = to_unit(np.asarray(data, dtype=np.float64), units, "uV")
+        n_ch = x.shape[0]
+        out = np.empty(len(plan.names))
+        # per-channel features, feature-major; rows _TD hold var x, var x', var x'', line length
+        rows = out[: _N_ROWS * n_ch].reshape(_N_ROWS, n_ch)
         memo = self._memo(cache, plan, x.shape[1], start) if cache is not None else None
         if memo is None:
             pr = self.psd(x, plan)[:, plan.range_sl]
-            var0, var1, var2, line = _time_domain(x, rate)
+            _time_domain(x, rate, rows[_TD])
         else:
             pr = _psd_range_memo(x, plan, memo, start)
-            var0, var1, var2, line = _time_domain_memo(x, rate, memo, start) if memo.block else _time_domain(x, rate)
-        return FeatureValues(plan.names, plan.index, self._values(pr, var0, var1, var2, line, plan))
+            if memo.block:
+                _time_domain_memo(x, rate, memo, start, rows[_TD])
+            else:
+                _time_domain(x, rate, rows[_TD])
+        self._values(pr, out, plan)
+        return FeatureValues(plan.names, plan.index, out)
 
     def welch(self, data: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
         """Welch PSD of ``data`` (..., n_samples) as computed for the features: (freqs Hz, psd unit^2/Hz)."""
@@ -222,7 +258,7 @@ class EegExtractor:
             if g < 4 or n // g > 64:  # blocks too short to pay off: time domain from scratch
                 g = 0
             slots = n // g if g else 0
-            memo = cache.store[key] = _Memo(g, block_pos=[-1] * slots, linked=[False] * slots, ones=np.ones(g))
+            memo = cache.store[key] = _Memo(g, block_pos=[-1] * slots, lead=[False] * slots, masks=_block_masks(g))
         # forget the segments before this window (windows of a segment only move forward)
         segs = memo.segs
         if segs and min(segs) < start:
@@ -230,53 +266,41 @@ class EegExtractor:
                 del segs[k]
         return memo
 
-    def _values(
-        self, pr: np.ndarray, var0: np.ndarray, var1: np.ndarray, var2: np.ndarray, line: np.ndarray, plan: _Plan
-    ) -> np.ndarray:
-        """All features, in ``plan.names`` order, from the 1-45 Hz PSD and the time-domain statistics."""
+    def _values(self, pr: np.ndarray, out: np.ndarray, plan: _Plan) -> None:
+        """Fill ``out`` (``plan.names`` order) from the 1-45 Hz PSD ``pr`` and, already in rows
+        ``_TD`` of its per-channel part, the time-domain statistics (var x, var x', var x'', line length).
+
+        Each step is one numpy call over all channels: at 64 channels the cost is the number of
+        calls, not the arithmetic. Relative powers, spectral edge and entropy all come from the
+        normalized spectrum ``p = pr / sum(pr)``; undefined values (a flat channel, a zero bin in
+        the entropy) show as NaN or inf somewhere, and only then :func:`_undefined` places them.
+        """
         n_ch, n_bins = pr.shape
         nb = len(BANDS)
-        out = np.empty(len(plan.names))
-        rows = out[: (2 * nb + 6) * n_ch].reshape(2 * nb + 6, n_ch)  # per-channel features, feature-major
+        rows = out[: _N_ROWS * n_ch].reshape(_N_ROWS, n_ch)
         absp = rows[:nb]
-        np.matmul(plan.band_matrix_t, pr.T, out=absp)  # (n_bands, n_ch) uV^2
-        total = absp.sum(axis=0)
-        positive = total > 0
-        every = bool(positive.all())  # the usual case: no flat channel, no NaN to place
-        np.divide(absp, total if every else np.where(positive, total, np.nan), out=rows[nb : 2 * nb])  # relative
-        # spectral edge and entropy over the 1-45 Hz bins
-        cum = pr @ plan.cumulate  # cumulative sums along the bins (one BLAS call; np.cumsum is slower here)
-        last = cum[:, -1:]
-        np.take(plan.freqs[plan.range_sl], np.argmax(cum >= 0.95 * last, axis=1), out=rows[2 * nb])
+        # absolute band powers (uV^2) and, in the first relative row for now, the sum over the bins
+        np.matmul(plan.band_matrix_t, pr.T, out=rows[: nb + 1])
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = pr / (last if every else np.where(last > 0, last, np.nan))
-            logp = np.log(p, out=np.zeros_like(p), where=p > 0)  # p ln p := 0 at p = 0
-            if n_bins > 1:
-                np.divide(np.einsum("ij,ij->i", p, logp), -math.log(n_bins), out=rows[2 * nb + 1])
-            else:
-                rows[2 * nb + 1] = np.nan
-            if not every:
-                rows[2 * nb : 2 * nb + 2, ~positive] = np.nan
-            # Hjorth parameters from the variances of x, x' and x''
-            mob0 = np.sqrt(var1 / var0)
-            mob1 = np.sqrt(var2 / var1)
-            rows[2 * nb + 2] = var0
-            np.multiply(mob0, plan.rate / (2 * math.pi), out=rows[2 * nb + 3])
-            np.divide(mob1, mob0, out=rows[2 * nb + 4])
-            ok0 = var0 > 0
-            if not ok0.all():
-                rows[2 * nb + 3, ~ok0] = np.nan
-                rows[2 * nb + 4, ~ok0] = np.nan
-            ok1 = var1 > 0
-            if not ok1.all():
-                rows[2 * nb + 4, ~ok1] = np.nan
-        rows[2 * nb + 5] = line
-        mean_theta, mean_alpha = (np.add.reduce(absp[1:3], axis=1) / n_ch).tolist()  # == absp[1].mean() ...
-        out[(2 * nb + 6) * n_ch] = mean_alpha / mean_theta if mean_theta > 0 else np.nan
+            p = pr / rows[nb][:, None]
+            np.matmul(plan.band_select_t, p.T, out=rows[nb : 2 * nb])  # relative: sum of p in the band
+            # spectral edge: the first bin where the cumulative sum of p reaches 0.95
+            above = np.greater_equal(p @ plan.cumulate, SEF_FRACTION)
+            plan.range_freqs.take(above.argmax(axis=1), out=rows[2 * nb])
+            # spectral entropy, normalized by its maximum ln(n_bins)
+            np.multiply(np.vecdot(p, np.log(p)), -1.0 / math.log(n_bins) if n_bins > 1 else np.nan, out=rows[2 * nb + 1])
+            # Hjorth parameters from the variances of x, x' and x'' (rows _TD: var0, var1, var2, line)
+            td = rows[_TD]
+            mob = np.sqrt(td[1:3] / td[0:2])  # sqrt(var1 / var0), sqrt(var2 / var1)
+            np.divide(mob[1], mob[0], out=td[2])  # complexity (replaces var2)
+            np.multiply(mob[0], plan.rate / (2 * math.pi), out=td[1])  # mobility (replaces var1)
+            if not math.isfinite(float(np.add.reduce(rows, axis=None))):
+                _undefined(p, rows, n_bins)
+        sum_theta, sum_alpha = np.add.reduce(absp[1:3], axis=1).tolist()
+        out[_N_ROWS * n_ch] = sum_alpha / sum_theta if sum_theta > 0 else np.nan  # mean alpha / mean theta
         if plan.faa is not None:
             r, left = float(absp[2, plan.faa[0]]), float(absp[2, plan.faa[1]])
             out[-1] = math.log(r) - math.log(left) if r > 0 and left > 0 else np.nan
-        return out
 
     def _plan(self, channels: tuple[str, ...], rate: float, n: int) -> _Plan:
         key = (channels, rate, n)
@@ -288,94 +312,207 @@ class EegExtractor:
         return plan
 
 
-def _time_domain(x: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(var x, var x', var x'', line length) per channel, from scratch: the reference definitions."""
+#: Per-channel feature rows of the output (5 absolute, 5 relative band powers, sef95, entropy,
+#: Hjorth activity, mobility, complexity, line length), and the four rows that the time-domain
+#: functions fill with (var x, var x', var x'', line length) before the Hjorth step rewrites the
+#: middle two into mobility and complexity.
+_N_ROWS = 2 * len(BANDS) + 6
+_TD = slice(2 * len(BANDS) + 2, 2 * len(BANDS) + 6)
+
+
+def _undefined(p: np.ndarray, rows: np.ndarray, n_bins: int) -> None:
+    """NaN where :meth:`EegExtractor._values`' features are undefined; ``p ln p := 0`` at ``p == 0``.
+
+    Relative powers, spectral edge and entropy need power in 1-45 Hz; Hjorth mobility needs var x > 0
+    and complexity also var x' > 0 (that is, mobility > 0).
+    """
+    nb = len(BANDS)
+    if n_bins > 1:
+        xlogx = np.log(p, out=np.zeros_like(p), where=p > 0)
+        np.multiply(np.vecdot(p, xlogx), -1.0 / math.log(n_bins), out=rows[2 * nb + 1])
+    rows[nb : 2 * nb + 2, ~(np.add.reduce(rows[:nb], axis=0) > 0)] = np.nan
+    td = rows[_TD]
+    td[1:3, ~(td[0] > 0)] = np.nan
+    td[2, ~(td[1] > 0)] = np.nan
+
+
+def _time_domain(x: np.ndarray, rate: float, out: np.ndarray) -> None:
+    """Into ``out`` (4, n_ch): var x, var x', var x'', line length per channel, from scratch (the
+    reference definitions)."""
     xc = x - x.mean(axis=1, keepdims=True)
     dx = np.diff(xc, axis=1)
     ddx = np.diff(dx, axis=1)
-    var0 = np.einsum("ij,ij->i", xc, xc) / xc.shape[1]
-    var1 = np.einsum("ij,ij->i", dx, dx) / max(dx.shape[1], 1)
-    var2 = np.einsum("ij,ij->i", ddx, ddx) / max(ddx.shape[1], 1)
-    line = np.abs(dx).mean(axis=1) * rate
-    return var0, var1, var2, line
+    out[0] = np.einsum("ij,ij->i", xc, xc) / xc.shape[1]
+    out[1] = np.einsum("ij,ij->i", dx, dx) / max(dx.shape[1], 1)
+    out[2] = np.einsum("ij,ij->i", ddx, ddx) / max(ddx.shape[1], 1)
+    out[3] = np.abs(dx).mean(axis=1) * rate
 
 
-def _time_domain_memo(
-    x: np.ndarray, rate: float, memo: _Memo, start: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_time_domain` from per-block statistics kept in a ring (see :class:`_Memo`)."""
+def _time_domain_memo(x: np.ndarray, rate: float, memo: _Memo, start: int, out: np.ndarray) -> None:
+    """:func:`_time_domain` from per-block statistics kept in a ring (see :class:`_Memo`): blocks
+    not in the ring are computed (one per window in the steady state), the window's statistics are
+    one product of :func:`_combine_weights` with the ring, plus the merge term of the block means."""
     n_ch, n = x.shape
     g = memo.block
     nb = n // g
     if memo.ring is None or memo.ring.shape[2] != n_ch:
-        memo.ring = np.empty((nb, 5, n_ch))
+        memo.ring = np.empty((nb, _ROWS, n_ch))
         memo.block_pos[:] = [-1] * nb
-    ring, pos, linked = memo.ring, memo.block_pos, memo.linked
+    ring, pos, lead = memo.ring, memo.block_pos, memo.lead
+    first = (start // g) % nb
     for j in range(nb):
         p = start + j * g
         slot = (p // g) % nb
-        if pos[slot] != p:
-            _block_stats(x[:, j * g : (j + 1) * g], ring[slot], memo.ones)
+        if pos[slot] != p or (j and not lead[slot]):
+            _block_stats(x, j * g, g, ring[slot], memo)
             pos[slot] = p
-            linked[slot] = False
-    for j in range(nb - 1):  # add the differences straddling the boundary q to block j's sums
-        slot = ((start + j * g) // g) % nb
-        if not linked[slot]:
-            q = (j + 1) * g
-            xq = x[:, q - 2 : q + 2]  # x[q-2], x[q-1], x[q], x[q+1]
-            dq = xq[:, 1:] - xq[:, :-1]
-            ddq = dq[:, 1:] - dq[:, :-1]
-            mid = dq[:, 1]  # the pair (q-1, q); ddq: the triples (q-2..q), (q-1..q+1)
-            row = ring[slot]
-            row[2] += mid * mid
-            row[3] += np.einsum("ij,ij->i", ddq, ddq)
-            row[4] += np.abs(mid)
-            linked[slot] = True
-    sums = np.add.reduce(ring, axis=0)  # (5, n_ch)
-    mean = sums[0] / nb
-    dev = ring[:, 0] - mean
-    m2 = sums[1] + g * np.einsum("ij,ij->j", dev, dev)  # Chan et al.: merge of block means and M2
-    return m2 / n, sums[2] / max(n - 1, 1), sums[3] / max(n - 2, 1), sums[4] / (n - 1) * rate
+            lead[slot] = j > 0
+    weights, center = _combine_weights(nb, g, rate, first if lead[first] else -1)
+    np.matmul(weights, ring.reshape(nb * _ROWS, n_ch), out=out)  # sums of the blocks / divisors
+    # sqrt(g / n) (block mean - window mean), (n_ch, nb); relative to the first block's mean first:
+    # exact zeros for a constant channel (flat: var x == 0, as from scratch), no DC offset in the product
+    dev = (center @ (ring[:, _MEAN] - ring[first, _MEAN])).T
+    out[0] += np.vecdot(dev, dev)  # Chan et al.: merge of block means and M2
 
 
-def _block_stats(xb: np.ndarray, out: np.ndarray, ones: np.ndarray) -> None:
-    """Into ``out`` (5, n_ch): mean, sum of squared deviations, sums of dx^2, ddx^2, |dx| inside ``xb``.
+@lru_cache(maxsize=256)
+def _combine_weights(nb: int, g: int, rate: float, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights from the block ring of :class:`_Memo` (``nb`` blocks of ``g`` samples, the window's
+    first block in slot ``first``, -1 if its lead terms are not in its sums) to the window:
+    (4, nb * _ROWS) with ``weights @ ring`` = (sum of squared deviations within blocks / n, sum dx^2 /
+    (n - 1), sum ddx^2 / (n - 2), sum |dx| * rate / (n - 1)), and the (nb, nb) centering matrix
+    ``sqrt(g / n) (I - 1 / nb)`` for the block means (Chan's merge term)."""
+    n = nb * g
+    w = np.zeros((4, nb, _ROWS))
+    w[:, :, _FULL] = np.diag([1.0 / n, 1.0 / max(n - 1, 1), 1.0 / max(n - 2, 1), rate / max(n - 1, 1)])[:, None, :]
+    if first >= 0:
+        w[:, first, _LEAD] = -w[:, first, _FULL]  # the terms before the window
+    weights = w.reshape(4, nb * _ROWS)
+    center = math.sqrt(g / n) * (np.eye(nb) - 1.0 / nb)
+    weights.flags.writeable = center.flags.writeable = False
+    return weights, center
 
-    Row sums are matrix-vector products with ``ones`` (length of the block): BLAS beats numpy's
-    per-row reductions on these short rows.
+
+def _block_masks(g: int) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 weights over the ``g + 2`` columns of :func:`_block_stats`' planes (column ``i`` of a
+    channel's row is sample ``q - 2 + i``): (3, 2, g + 2) for the squared deviations (the block's
+    own samples, and nothing), dx^2 and ddx^2 (full sums and lead terms, see _FULL), and (g,) 1 / g
+    for the block mean."""
+    L = g + 2
+    masks = np.zeros((3, 2, L))
+    masks[0, 0, 2:] = 1.0  # samples q .. q + g - 1
+    masks[1, 0, 1 : L - 1] = 1.0  # dx column i: x[q - 1 + i] - x[q - 2 + i]; i = 1 straddles the boundary
+    masks[1, 1, 1] = 1.0
+    masks[2, 0, : L - 2] = 1.0  # ddx column i: x[q - 2 + i .. q + i]; i = 0, 1 straddle the boundary
+    masks[2, 1, :2] = 1.0
+    return masks, np.full(g, 1.0 / max(g, 1))
+
+
+def _block_stats(x: np.ndarray, q: int, g: int, out: np.ndarray, memo: _Memo) -> None:
+    """Into ``out`` (_ROWS, n_ch): the statistics of the block ``x[:, q : q + g]`` (rows: see _FULL).
+
+    The block and its two earlier samples, minus the block mean, go into one buffer whose channel
+    rows run back to back, so dx and ddx are single 1-D differences over the whole buffer (numpy
+    loops once per row of a 2-D operand, which costs more than the arithmetic on rows this short);
+    the columns where a difference spans two rows get weight 0 in the sums, which are matrix
+    products with the 0/1 weights of :func:`_block_masks`. With ``q == 0`` there are no earlier
+    samples and no lead terms.
     """
-    g = xb.shape[1]
-    np.divide(np.matmul(xb, ones), g, out=out[0])
-    d = xb - out[0][:, None]
-    np.matmul(np.multiply(d, d, out=d), ones, out=out[1])
-    dx = xb[:, 1:] - xb[:, :-1]
-    ddx = dx[:, 1:] - dx[:, :-1]
-    np.matmul(np.multiply(ddx, ddx, out=ddx), ones[: g - 2], out=out[3])
-    np.matmul(dx * dx, ones[: g - 1], out=out[2])
-    np.matmul(np.abs(dx, out=dx), ones[: g - 1], out=out[4])
+    n_ch = x.shape[0]
+    L = g + 2
+    masks, mean = memo.masks
+    buf = np.empty((3, n_ch * L))  # x - mean, dx, ddx; channel rows of L columns back to back
+    xc = buf[0].reshape(n_ch, L)
+    np.matmul(x[:, q : q + g], mean, out=out[_MEAN])
+    m = out[_MEAN][:, None]
+    if q >= 2:
+        np.subtract(x[:, q - 2 : q + g], m, out=xc)
+    else:
+        np.subtract(x[:, q : q + g], m, out=xc[:, 2:])
+        xc[:, :2] = xc[:, 2:3]
+    buf[1:, -1] = 0.0  # past the last row (weight 0, but must not be NaN)
+    np.subtract(buf[0, 1:], buf[0, :-1], out=buf[1, :-1])
+    np.subtract(buf[1, 1:], buf[1, :-1], out=buf[2, :-1])
+    if q < 2:
+        buf[2].reshape(n_ch, L)[:, :2] = 0.0  # not x[q - 2 .. q], x[q - 1 .. q + 1]: no lead terms
+    planes = buf.reshape(3, n_ch, L).transpose(0, 2, 1)  # (3, L, n_ch) views
+    np.matmul(masks[1], np.abs(buf[1]).reshape(n_ch, L).T, out=out[6:8])  # sums of |dx|
+    np.multiply(buf, buf, out=buf)
+    np.matmul(masks, planes, out=out[:6].reshape(3, 2, n_ch))
 
 
 def _psd_range_memo(x: np.ndarray, plan: _Plan, memo: _Memo, start: int) -> np.ndarray:
-    """The 1-45 Hz part of :meth:`EegExtractor.psd`, reusing segment periodograms by position."""
+    """The 1-45 Hz part of :meth:`EegExtractor.psd`, reusing segment periodograms by position.
+
+    The periodograms are kept already scaled (density, one-sided, divided by the number of
+    segments), so the window's PSD is their sum. The mean removal, taper and FFT write into
+    scratch arrays that stay the same from window to window (:func:`_scratch`).
+    """
     segs = memo.segs
     nps, step = plan.n_per_seg, plan.step
-    total = None
+    powers = []
     for j in range(plan.n_seg):
         pos = start + j * step
         power = segs.get(pos)
         if power is None:
             seg = x[:, j * step : j * step + nps]
-            y = seg - (np.add.reduce(seg, axis=1) / nps)[:, None]  # per-segment mean removal
-            y *= plan.taper
-            spec = np.fft.rfft(y, axis=-1)[:, plan.range_sl]
-            power = segs[pos] = spec.real**2 + spec.imag**2
-        if total is None:
-            total = power.copy()
-        else:
-            total += power
-    assert total is not None
-    total *= plan.range_scale
+            y = np.subtract(seg, (seg @ plan.seg_mean)[:, None], out=_scratch(seg.shape, np.float64))
+            y *= plan.taper_rows  # (same shape: one flat loop, not one per row)
+            spec = _rfft(y, _scratch((seg.shape[0], nps // 2 + 1), np.complex128))[:, plan.range_sl]
+            power = np.abs(spec)
+            power *= power
+            power *= plan.range_scale
+            segs[pos] = power
+        powers.append(power)
+    if len(powers) == 1:
+        return powers[0].copy()
+    total = np.add(powers[0], powers[1])
+    for power in powers[2:]:
+        total += power
     return total
+
+
+_THREAD = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A scratch array of this shape and dtype, the same one for every call in this thread.
+
+    For temporaries of 100+ KiB that live within one call: reusing them keeps them in cache and
+    spares the allocator's page faults (a 64-channel segment is 128 KiB, its spectrum 132 KiB).
+    """
+    arrays: dict[tuple[tuple[int, ...], type], np.ndarray] | None = getattr(_THREAD, "arrays", None)
+    if arrays is None:
+        arrays = _THREAD.arrays = {}
+    key = (shape, dtype)
+    a = arrays.get(key)
+    if a is None:
+        if len(arrays) >= 16:
+            arrays.clear()
+        a = arrays[key] = np.empty(shape, dtype)
+    return a
+
+
+def _rfft(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.fft.rfft(y, axis=-1)`` into ``out``, bitwise (tested).
+
+    For an even length, the gufunc behind ``np.fft.rfft`` is called directly: the public
+    function's argument handling costs more than the 1-45 Hz power computed from its result.
+    """
+    if _RFFT_EVEN is not None and y.shape[-1] % 2 == 0:
+        return _RFFT_EVEN(y, 1.0, axes=[(-1,), (), (-1,)], out=out)  # type: ignore[no-any-return]
+    return np.fft.rfft(y, axis=-1, out=out)
+
+
+def _rfft_even_kernel() -> Any:
+    try:
+        from numpy.fft import _pocketfft_umath  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - numpy moved its FFT kernel: use the public function
+        return None
+    return getattr(_pocketfft_umath, "rfft_n_even", None)
+
+
+_RFFT_EVEN = _rfft_even_kernel()
 
 
 def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float) -> _Plan:
@@ -396,7 +533,8 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
     df = rate / n_per_seg
     band_matrix = np.stack([((fr >= b0) & (fr < b1)) * df for b0, b1 in BANDS.values()], axis=1)
     n_seg = (n - n_per_seg) // step + 1
-    range_scale = scale * one_sided[range_sl] / n_seg
+    range_scale = np.tile(scale * one_sided[range_sl] / n_seg, (len(channels), 1))
+    cumulate = np.triu(np.ones((fr.size, fr.size)))
 
     specs: list[FeatureSpec] = []
     for band in BANDS:
@@ -415,9 +553,11 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
         specs.append(FeatureSpec("frontal_alpha_asymmetry", "1", -2.0, 2.0))
     names = tuple(s.name for s in specs)
     return _Plan(
-        n_per_seg=n_per_seg, step=step, taper=taper, scale=scale, one_sided=one_sided, freqs=freqs,
-        band_matrix_t=np.ascontiguousarray(band_matrix.T), cumulate=np.triu(np.ones((fr.size, fr.size))),
-        range_sl=range_sl, range_scale=range_scale, n_seg=n_seg, rate=rate, names=names, index={name: i for i, name in enumerate(names)}, faa=faa, specs=tuple(specs),
+        n_per_seg=n_per_seg, step=step, taper=taper, scale=scale, one_sided=one_sided, freqs=freqs, range_freqs=fr,
+        band_matrix_t=np.vstack([band_matrix.T, np.ones(fr.size)]), cumulate=cumulate, range_sl=range_sl,
+        range_scale=range_scale, n_seg=n_seg, seg_mean=np.full(n_per_seg, 1.0 / n_per_seg),
+        taper_rows=np.tile(taper, (len(channels), 1)), band_select_t=np.ascontiguousarray(band_matrix.T / df),
+        rate=rate, names=names, index={name: i for i, name in enumerate(names)}, faa=faa, specs=tuple(specs),
     )
 
 
