@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-idle", type=float, default=600.0, help="evict the window buffers of a device without a frame for this many seconds; its window grid and budget are kept (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=500, help="most messages processed per fetched batch (default %(default)s): bounds memory and how long a flooding partition delays the others")
     p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (default %(default)s); larger favours throughput of tiny messages over fairness")
+    p.add_argument("--fetch-min-bytes", type=int, default=8192, help="a fetch returns once this many bytes are ready (default %(default)s); 1 answers every frame at once, for more worker CPU")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=5, help="... or after this many ms (default %(default)s): the most a frame waits at a quiet broker")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         device_idle_s=args.device_idle,
         max_batch=args.max_batch,
         fetch_bytes_per_partition=args.fetch_bytes,
+        fetch_min_bytes=args.fetch_min_bytes,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
     run_worker(settings, loglevel=args.log_level)
     return 0
