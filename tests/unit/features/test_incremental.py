@@ -233,6 +233,16 @@ def test_rfft_is_bitwise_numpy_rfft(n: int) -> None:
     np.testing.assert_array_equal(eeg._rfft(y, out), np.fft.rfft(y, axis=-1))
 
 
+@pytest.mark.parametrize("shape", [(64, 256), (6, 130), (1, 3)])
+def test_subtract_rows_is_bitwise_numpy(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[1])
+    a = rng.normal(size=shape) * 40.0 + 3e5
+    m = a.mean(axis=1)
+    ref = a - m[:, None]
+    eeg._subtract_rows(a, m, np.ones(shape[1]))
+    np.testing.assert_array_equal(a, ref)
+
+
 def test_entropy_of_a_spectrum_with_zero_bins_and_flat_channels() -> None:
     ext = EegExtractor()
     channels = ("A", "B", "C")
