@@ -129,14 +129,10 @@ CONSUMER_SETTINGS: dict[str, Any] = {
 
 #: The stream worker's aiokafka producer: the same guarantees as :data:`PRODUCER_SETTINGS`
 #: (aiokafka keeps one batch per partition in flight, so retries cannot reorder a partition).
-#: ``max_batch_size`` 1 MiB: while a partition's batch is in flight, the next releases wait in
-#: one open batch; with aiokafka's 16 KiB default a second EEG release (~40 KiB) finds that batch
-#: full and ``send`` blocks the whole event loop until the broker acknowledges the first.
 ASYNC_PRODUCER_SETTINGS: dict[str, Any] = {
     "acks": "all",
     "linger_ms": 0,
     "request_timeout_ms": 15000,
-    "max_batch_size": 1024 * 1024,
     "max_request_size": 2 * 1024 * 1024,
 }
 
