@@ -10,6 +10,7 @@ line, so the command line never prints a traceback for an unreachable broker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -137,14 +138,61 @@ ASYNC_PRODUCER_SETTINGS: dict[str, Any] = {
 }
 
 
+@functools.cache
+def copartitioned_assignor() -> Any:
+    """The worker group's partition assignor (an aiokafka assignor class, see below)."""
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+
+    class CopartitionedAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # aiokafka ships no type hints
+        """Partition *numbers* go round-robin over the members (sorted by member id), each member
+        taking that number of every subscribed topic. All raw topics of a device share its key, so
+        they share its partition number: one worker holds every stream of a device (the privacy
+        unit: one ledger) and the matching ``<prefix>state`` partition. aiokafka's round-robin
+        assignor deals topic-partitions one by one, which splits a device over workers as soon as
+        the partition count is not a multiple of the member count.
+        """
+
+        name = "biopriv-copartitioned"
+        version = 0
+
+        @classmethod
+        def assign(cls, cluster: Any, members: Any) -> dict[str, Any]:
+            numbers: set[int] = set()
+            topics = sorted({t for m in members.values() for t in m.subscription})
+            parts = {t: set(cluster.partitions_for_topic(t) or ()) for t in topics}
+            for ps in parts.values():
+                numbers |= ps
+            order = sorted(members)
+            plan: dict[str, dict[str, list[int]]] = {m: {} for m in order}
+            for i, number in enumerate(sorted(numbers)):
+                member = order[i % len(order)]
+                for t in topics:
+                    if number in parts[t] and t in members[member].subscription:
+                        plan[member].setdefault(t, []).append(number)
+            return {m: ConsumerProtocolMemberAssignment(cls.version, sorted(plan[m].items()), b"") for m in order}
+
+        @classmethod
+        def metadata(cls, topics: Any) -> Any:
+            return ConsumerProtocolMemberMetadata(cls.version, list(topics), b"")
+
+        @classmethod
+        def on_assignment(cls, assignment: Any) -> None:
+            pass
+
+    return CopartitionedAssignor
+
+
 def async_consumer(topics: Sequence[str], bootstrap: str, *, group_id: str, listener: Any = None,
                    **overrides: Any) -> Any:
     """An ``aiokafka.AIOKafkaConsumer`` in ``group_id`` with :data:`CONSUMER_SETTINGS`, subscribed
-    to ``topics`` (with the rebalance ``listener``), offsets committed by the caller. Not started.
+    to ``topics`` (with the rebalance ``listener``), partitions assigned by
+    :func:`copartitioned_assignor`, offsets committed by the caller. Not started.
     """
     from aiokafka import AIOKafkaConsumer
 
-    settings = {**CONSUMER_SETTINGS, "enable_auto_commit": False, **overrides}
+    settings = {**CONSUMER_SETTINGS, "enable_auto_commit": False,
+                "partition_assignment_strategy": (copartitioned_assignor(),), **overrides}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, client_id="biopriv-worker",
                                 **settings)
     consumer.subscribe(list(topics), listener=listener)

@@ -13,6 +13,7 @@ checks the private topic against the offline core (same frames, same keys, fresh
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -263,8 +264,27 @@ def test_kill9_mid_replay_then_restart(kafka_bootstrap: str, topics: Topics, sta
     assert figures["distinct"] == figures["expected"]
 
 
+def assigned_numbers(worker: Any, raw_topics: list[str]) -> dict[str, set[int]]:
+    """Partition numbers per raw topic in the worker's latest ``assigned N partitions: [...]`` line."""
+    lines = [ln for ln in worker.log().splitlines() if "assigned " in ln and "partitions: [" in ln]
+    assert lines, worker.log()[-3000:]
+    names = ast.literal_eval(lines[-1].split("partitions: ", 1)[1].strip())
+    out: dict[str, set[int]] = {t: set() for t in raw_topics}
+    for name in names:
+        topic, number = name.rsplit("/", 1)
+        out[topic].add(int(number))
+    return out
+
+
 def test_two_workers_one_killed(kafka_bootstrap: str, topics: Topics, start_worker: Any, tmp_path: Path) -> None:
     def injure(workers: list[Any], collector: Collector, pacer: Any) -> list[Any]:
+        # co-partitioned: each worker holds partition p of every raw topic, so a device (all of
+        # its streams, its ledger and its state partition) lives on exactly one worker
+        owned = [assigned_numbers(w, list(topics.raw_all)) for w in workers]
+        print(f"\npartition numbers per worker and raw topic: {owned}")
+        for by_topic in owned:
+            assert len({frozenset(ps) for ps in by_topic.values()}) == 1, owned
+        assert sorted(p for by_topic in owned for p in next(iter(by_topic.values()))) == [0, 1, 2], owned
         busy = [w for w in workers if worker_frames(w) > 0]
         print(f"\nframes per worker before the kill: {[worker_frames(w) for w in workers]}")
         victim = busy[0] if busy else workers[0]
