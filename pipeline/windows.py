@@ -193,6 +193,7 @@ class _Segment:
     max_rel: int  # highest relative seq received
     high: int  # highest position written (exclusive)
     received: dict[int, int] = field(default_factory=dict)  # relative seq -> capture_ns
+    ordered: bool = True  # received's keys were inserted in increasing order (its order is sorted)
     last_capture_ns: int = 0
     cache: WindowCache | None = None  # created with the segment
 
@@ -228,8 +229,8 @@ class Windower:
         n = frame.n_samples
         if seg is not None and (
             frame.sample_rate != seg.sample_rate
-            or frame.channels != seg.channels
-            or frame.units != seg.units
+            or (frame.channels is not seg.channels and frame.channels != seg.channels)
+            or (frame.units is not seg.units and frame.units != seg.units)
             or n != seg.n_frame
         ):
             self._restart()
@@ -267,6 +268,7 @@ class Windower:
             if seg.max_rel >= 0:
                 self.stats.reordered += 1
             new_max = seg.max_rel
+            seg.ordered = False
         # judge windows that end before this frame and whose deadline has passed
         if w_lo + seg.n_len <= fs:  # (the next pending window ends before this frame)
             self._judge(seg, new_max, before=fs, send_ns=frame.send_ns, out=out)
@@ -505,8 +507,16 @@ class Windower:
         seg.next_k = k
         lo_frame = (k * seg.n_hop) // seg.n_frame
         keep = lo_frame - seg.capacity // seg.n_frame - 1  # remember a little more, to catch duplicates
-        if seg.received and min(seg.received) < keep:
-            seg.received = {f: c for f, c in seg.received.items() if f >= keep}
+        received = seg.received
+        if seg.ordered:  # the oldest entries come first: drop them from the front (no scan, no copy)
+            while received:
+                f = next(iter(received))
+                if f >= keep:
+                    break
+                del received[f]
+        elif received and min(received) < keep:
+            seg.received = dict(sorted((f, c) for f, c in received.items() if f >= keep))
+            seg.ordered = True
 
     def _make_window(
         self, seg: _Segment, k: int, s: int, e: int, missing_frames: list[int], frac: float, send_ns: int

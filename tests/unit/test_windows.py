@@ -220,6 +220,26 @@ def test_reordering_within_tolerance_does_not_change_windows(order: list[int]) -
     assert fa == fb[: len(fa)] or fb == fa[: len(fb)]
 
 
+@settings(max_examples=60, deadline=None)
+@given(arrivals(), st.lists(st.integers(0, 200), max_size=3))
+def test_received_keeps_exactly_the_recent_frames(order: list[int], stale: list[int]) -> None:
+    # the duplicate detection remembers exactly the accepted frames from `keep` on, pruned from the
+    # front while they arrived in order and by a full pass after a reordered one
+    w = Windower(SPEC)
+    accepted: set[int] = set()
+    for s in order + [x + max(order, default=0) // 2 for x in stale]:
+        before = w.stats.accepted
+        w.push(frame(s))
+        if w.stats.accepted > before:
+            accepted.add(s)
+        seg = w._seg
+        assert seg is not None
+        keep = (seg.next_k * seg.n_hop) // N - seg.capacity // N - 1
+        assert set(seg.received) == {f for f in accepted if f >= keep}
+        if seg.ordered:
+            assert list(seg.received) == sorted(seg.received)
+
+
 def test_windows_of_a_segment_share_one_cache_and_restarts_get_a_new_one() -> None:
     w = Windower(SPEC)
     first = run(w, list(range(30)))
