@@ -12,7 +12,7 @@ every message in partition order and sends what comes back:
   headers ``biopriv-reason``, ``biopriv-detail``, ``biopriv-source`` (topic/partition/offset);
 * operational events (suppressed releases, feature errors) to ``<prefix>events``.
 
-**Why batches, not a Faust agent.** Until 0.2 the worker was an ``@app.agent`` over a Faust stream.
+**Why batches, not a Faust agent.** The first worker was an ``@app.agent`` over a Faust stream.
 Profiled under the standard load of ``benchmarks/latency`` (``benchmarks/results/latest.md``), Faust's
 per-event path (its consumer thread handing each message across threads, the conductor, one
 ``Event`` and one acknowledgement per message, one ``Topic.send`` future per release) took 49 %
