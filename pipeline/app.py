@@ -221,7 +221,8 @@ class StreamWorker(Service):
                 if batches:
                     async with self.lock:
                         await self._process(batches)
-                self._checkpoint_step()
+                if not self.lock.locked():  # a revocation is checkpointing: it goes first
+                    self._checkpoint_step()
         finally:
             self._loop_done.set()
 
