@@ -24,6 +24,7 @@ the load average before and after is recorded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -58,9 +59,18 @@ def _stats(ns: list[int], cpu_ns: int) -> dict[str, float]:
             "p99_us": float(np.percentile(a, 99)), "max_us": float(a.max()), "cpu_mean_us": cpu_ns / 1000.0 / a.size}
 
 
+def _fresh(samples: np.ndarray) -> np.ndarray:
+    out = np.array(samples, dtype="<f4", order="C")
+    out.flags.writeable = False
+    return out
+
+
 def bench_ours(stream: str, data: np.ndarray, rate: float, channels: tuple[str, ...], units: str, n_frame: int) -> dict[str, float]:
     sets = feature_sets(stream)
-    frames = list(frames_of(stream, data, rate, channels, (units,) * len(channels), frame_s=n_frame / rate))
+    # Each frame's samples as the worker gets them: a fresh C-contiguous float32 array per frame
+    # (decoded from the message), not a strided view into the whole recording.
+    frames = [dataclasses.replace(f, samples=_fresh(f.samples))
+              for f in frames_of(stream, data, rate, channels, (units,) * len(channels), frame_s=n_frame / rate)]
     wins = [Windower(fs.window) for fs in sets]
     for fs in sets:  # warm the layout caches, as a running worker would have them
         fs.specs(channels, rate)
