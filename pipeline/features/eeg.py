@@ -531,11 +531,20 @@ def _rfft(y: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def _rfft_even_kernel() -> Any:
+    """numpy's private even-length rfft gufunc, if present and bitwise equal to ``np.fft.rfft`` on
+    a probe; otherwise None (the public function is used). A private kernel can change its calling
+    convention in any numpy release, so a kernel that raises or differs is never used."""
     try:
         from numpy.fft import _pocketfft_umath  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - numpy moved its FFT kernel: use the public function
+
+        kernel = _pocketfft_umath.rfft_n_even
+        probe = np.random.default_rng(0).normal(size=(3, 16))
+        got = kernel(probe, 1.0, axes=[(-1,), (), (-1,)], out=np.empty((3, 9), complex))
+        if not np.array_equal(got, np.fft.rfft(probe, axis=-1)):  # pragma: no cover
+            return None
+    except Exception:  # noqa: BLE001  # pragma: no cover - moved, renamed or re-signed: use the public function
         return None
-    return getattr(_pocketfft_umath, "rfft_n_even", None)
+    return kernel
 
 
 _RFFT_EVEN = _rfft_even_kernel()
