@@ -2,9 +2,10 @@
 
 Everything that talks to Kafka goes through these factories: kafka-python clients for the
 command line, replay, tail and state reads; aiokafka clients (:func:`async_consumer`,
-:func:`async_producer`) for the stream worker's event loop (:mod:`pipeline.app`). Settings such as
-``acks=all`` or "no producer linger" are decided once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear
-line, so the command line never prints a traceback for an unreachable broker.
+:func:`async_producer`, with the group's :func:`copartitioned_assignor`) for the stream worker's
+event loop (:mod:`pipeline.app`). Settings such as ``acks=all`` or "no producer linger" are decided
+once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear line, so the
+command line never prints a traceback for an unreachable broker.
 """
 
 from __future__ import annotations
