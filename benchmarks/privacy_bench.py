@@ -43,7 +43,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 from pipeline.features.spec import FeatureSpec  # noqa: E402
 from pipeline.privacy import KeyRing, PrivacyConfig, PrivacyEngine, ReleaseRequest, Suppression, WEventRule  # noqa: E402
 from pipeline.privacy import mechanisms as mech  # noqa: E402
-from pipeline.privacy.noise import NoiseStream, discrete_gaussian, release_key  # noqa: E402
+from pipeline.privacy.noise import NoiseStream, release_key  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,17 +96,13 @@ def privatize_array(m: str, eps: float, x: np.ndarray, lower: float, upper: floa
     u = stream.uniform(4 * n).reshape(4, n)
     k = np.floor(z)
     k += u[0] < z - k
-    if m == "laplace":
-        j = mech.laplace_kernel(k, u[1], u[2], mech.laplace_log_q(eps, G))
-    elif m == "gaussian":
-        j = k + discrete_gaussian(np.full(n, mech.gaussian_sigma_steps(eps, 1e-6, G, 1)), u[1:4], stream)
-    elif m == "piecewise":
-        h, p_high, _ = mech.piecewise_params(eps, G)
-        j = mech.piecewise_kernel(k, u[1], u[2], G, h, p_high)
+    impl = mech.get(m)
+    lo_a, hi_a = np.full(n, float(lower)), np.full(n, float(upper))
+    if m == "gaussian":  # one feature at epsilon eps (its own joint calibration)
+        p = tuple(a[:1].repeat(n) for a in impl.params(np.full(1, eps), G, lo_a[:1], hi_a[:1], np.full(1, 2.0), 1e-6))
     else:
-        j = mech.duchi_kernel(k, u[1], G, mech.duchi_slope(eps))
-    offset, step = mech.output_grid(m, eps, lower, upper, G)
-    return offset + j * step
+        p = impl.params(np.full(n, eps), G, lo_a, hi_a, np.full(n, 2.0), 1e-6)
+    return impl.apply(k, u, np.empty(n), np.empty(n), np.empty(n, dtype=bool), p, stream)
 
 
 def error_table(values: dict[str, tuple[np.ndarray, float, float]], reps: int) -> dict[str, dict[str, list[float]]]:

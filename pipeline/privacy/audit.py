@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.privacy import mechanisms as mech
-from pipeline.privacy.noise import NoiseStream, discrete_gaussian, release_key
+from pipeline.privacy.noise import NoiseStream, release_key
 from pipeline.validation import check_option, check_range
 
 #: Mechanisms the audit knows; ``broken-laplace`` is calibrated for 2 x epsilon on purpose.
@@ -63,24 +63,21 @@ def sample_outputs(
     ``calibration`` scales the epsilon used for the noise (2.0 = deliberately mis-calibrated).
     """
     stream = NoiseStream(release_key(key, b"biopriv-audit"))
-    u = stream.uniform(3 * n).reshape(3, n)
-    kk = np.full(n, float(k))
-    e = epsilon * calibration
-    g = grid_steps
-    if mechanism in ("laplace", "broken-laplace"):
-        return mech.laplace_kernel(
-            kk, u[0], u[1], mech.laplace_log_q(e * (2.0 if mechanism == "broken-laplace" else 1.0), g)
-        )
-    if mechanism == "gaussian":
-        sigma = mech.gaussian_sigma_steps(e, delta, g, 1)
-        return kk + discrete_gaussian(np.full(n, sigma), u, stream)
-    if mechanism == "piecewise":
-        h, p_high, _ = mech.piecewise_params(e, g)
-        return mech.piecewise_kernel(kk, u[0], u[1], g, h, p_high)
-    if mechanism == "duchi":
-        return mech.duchi_kernel(kk, u[0], g, mech.duchi_slope(e))
-    kc = 2 if mechanism == "rr" else n_categories
-    return mech.grr_kernel(kk, u[0], u[1], kc, mech.grr_probs(e, kc)[0])
+    rows = 4
+    u = stream.uniform(rows * n).reshape(rows, n)
+    e = epsilon * calibration * (2.0 if mechanism == "broken-laplace" else 1.0)
+    impl = mech.get("laplace" if mechanism == "broken-laplace" else mechanism)
+    n_cat = 2 if mechanism == "rr" else n_categories
+    eps = np.full(n, e)
+    lower, upper = np.zeros(n), np.full(n, float(grid_steps))
+    cats = np.full(n, float(n_cat))
+    if impl.name == "gaussian":  # one feature at epsilon e (the joint calibration of one feature)
+        p = tuple(a[:1].repeat(n) for a in impl.params(eps[:1], grid_steps, lower[:1], upper[:1], cats[:1], delta))
+    else:
+        p = impl.params(eps, grid_steps, lower, upper, cats, delta)
+    out = impl.apply(np.full(n, float(k)), u, np.empty(n), np.empty(n), np.empty(n, dtype=bool), p, stream)
+    offset, out_step = impl.output_grid(e, 0.0, float(grid_steps), grid_steps)
+    return np.rint((out - offset) / out_step)
 
 
 def neighbours(mechanism: str, grid_steps: int = 1024) -> tuple[int, int]:

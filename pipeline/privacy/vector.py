@@ -34,7 +34,8 @@ from pipeline.features.spec import FeatureSpec
 from pipeline.named import NamedValues
 from pipeline.privacy import mechanisms as mech
 from pipeline.privacy.config import PrivacyConfig, check_spec_bounds
-from pipeline.privacy.noise import NoiseStream, discrete_gaussian
+from pipeline.privacy.mechanisms import Mechanism
+from pipeline.privacy.noise import NoiseStream
 
 _ORDER = {m: i for i, m in enumerate(mech.MECHANISMS)}
 _sum = np.add.reduce
@@ -181,48 +182,36 @@ class ReleasePlan:
         d = len(rows)
         self.d = d
         self.names = tuple(r[2].name for r in rows)
-        self._names_arr = np.array(self.names, dtype=object)
         self.getter: Callable[[Mapping[str, float]], Any] = operator.itemgetter(*self.names)
         self.eps = np.array([r[3] for r in rows])
         f = np.zeros(d)
-        lo, hi, inv_step, shift, rand, default = (f.copy() for _ in range(6))
-        offset, out_step = f.copy(), f.copy()
-        for i, (_, m, s, e) in enumerate(rows):
+        lo, hi, inv_step, shift, rand, default, n_cat = (f.copy() for _ in range(7))
+        for i, (_, _m, s, _e) in enumerate(rows):
             if s.kind == "numeric":
-                lo[i], hi[i], inv_step[i], rand[i] = s.lower, s.upper, g / s.width, 1.0
+                lo[i], hi[i], inv_step[i], rand[i] = s.lower, s.upper, _inv_step(s.width, g), 1.0
                 default[i] = s.lower + s.width / 2.0
-                offset[i], out_step[i] = mech.output_grid(m, e, s.lower, s.upper, g)
+                n_cat[i] = 2.0
             else:
-                n_cat = len(s.categories) if s.kind == "categorical" else 2
-                lo[i], hi[i], inv_step[i], shift[i], default[i] = 0.0, n_cat - 1.0, 1.0, 0.5, 0.0
-                offset[i], out_step[i] = 0.0, 1.0
+                n_cat[i] = len(s.categories) if s.kind == "categorical" else 2
+                lo[i], hi[i], inv_step[i], shift[i], default[i] = 0.0, n_cat[i] - 1.0, 1.0, 0.5, 0.0
         self.lo, self.hi, self.inv_step, self.shift, self.rand, self.default = lo, hi, inv_step, shift, rand, default
-        self.offset, self.out_step = offset, out_step
-        self.groups: list[tuple[str, slice, dict[str, Any]]] = []
+        upper = np.array([r[2].upper if r[2].kind == "numeric" else 1.0 for r in rows])
+        #: (mechanism, feature slice, operands of Mechanism.apply) per mechanism, in plan order.
+        self.groups: list[tuple[Mechanism, slice, tuple[np.ndarray, ...]]] = []
         mechs = [r[1] for r in rows]
         start = 0
+        offset, out_step = f.copy(), f.copy()
         for m in dict.fromkeys(mechs):
             stop = start + mechs.count(m)
-            e = self.eps[start:stop]
-            params: dict[str, Any]
-            if m == "laplace":
-                params = {"log_q": mech.laplace_log_q(e, g)}
-            elif m == "piecewise":
-                h, p_high, _ = mech.piecewise_params(e, g)
-                params = {"h": h, "p_high": p_high}
-            elif m == "duchi":
-                params = {"slope": mech.duchi_slope(e)}
-            elif m == "gaussian":
-                sigma = mech.gaussian_sigma_steps(float(e.sum()), config.delta, g, stop - start)
-                params = {"sigma": np.full(stop - start, sigma)}
-            else:
-                kcat = np.array(
-                    [len(r[2].categories) if r[2].kind == "categorical" else 2 for r in rows[start:stop]],
-                    dtype=np.float64,
-                )
-                params = {"n_categories": kcat, "p_keep": mech.grr_probs(e, kcat)[0]}
-            self.groups.append((m, slice(start, stop), params))
+            sl = slice(start, stop)
+            impl = mech.get(m)
+            params = impl.params(self.eps[sl], g, lo[sl], upper[sl], n_cat[sl], config.delta)
+            off, step = impl.output_grid(self.eps[sl], lo[sl], upper[sl], g)
+            offset[sl], out_step[sl] = off, step
+            self.groups.append((impl, sl, params))
             start = stop
+        #: Released value of output index j: ``offset + j * out_step`` (public, per feature).
+        self.offset, self.out_step = offset, out_step
         self.epsilon = float(config.epsilon)
         self.delta = float(config.delta) if "gaussian" in mechs else 0.0
         self.feature_mechanisms: Mapping[str, str] = MappingProxyType(dict(zip(self.names, mechs, strict=True)))
@@ -231,16 +220,16 @@ class ReleasePlan:
         )
         #: sigma (grid steps) of each Gaussian feature, for estimators.
         self.sigma_steps: dict[str, float] = {
-            self.names[i]: float(p["sigma"][0])
-            for m, sl, p in self.groups
-            if m == "gaussian"
+            self.names[i]: float(p[0][i - sl.start])
+            for impl, sl, p in self.groups
+            if impl.name == "gaussian"
             for i in range(sl.start, sl.stop)
         }
         self.mechanism = "+".join(dict.fromkeys(mechs))
         self._names_list = list(self.names)
         self._index = {n: i for i, n in enumerate(self.names)}
         # uniform rows: 0 rounding, then what the hungriest mechanism needs, then sampling
-        need = max(_UNIFORMS[m] for m in mechs)
+        need = max(impl.uniforms for impl, _, _ in self.groups)
         self._sample_row = 1 + need if strategy == "sample" else None
         self._rows = 1 + need + (strategy == "sample")
         self._compile_fast_path(specs)
@@ -262,28 +251,6 @@ class ReleasePlan:
         self._u_shift = np.full(n, 12, dtype="<u8")
         self._u_one = np.full(n, 0x3FF0000000000000, dtype="<u8")
         self._u_half = np.full(n, 1.0 - 2.0**-53)
-        self._fast: Callable[..., np.ndarray] | None = None
-        self._fast_params: tuple[Any, ...] = ()
-        if len(self.groups) != 1:
-            return
-        m, _, p = self.groups[0]
-        g = float(self._grid_steps)
-        full = np.full(d, 1.0)
-        if m == "laplace":
-            self._fast, self._fast_params = _fast_laplace, (full * p["log_q"], self.offset, self.out_step)
-        elif m == "piecewise":
-            self._fast = _fast_piecewise
-            self._fast_params = (full * p["h"], full * g, full * p["p_high"], self.offset, self.out_step)
-        elif m == "duchi":
-            # released value offset + j out_step for j in {0, 1}, as the general path computes it
-            self._fast = _fast_duchi
-            self._fast_params = (
-                full * g,
-                full * 0.5,
-                full * p["slope"],
-                self.offset + 1.0 * self.out_step,
-                self.offset + 0.0 * self.out_step,
-            )
 
     def apply(
         self, values: Mapping[str, float] | np.ndarray, stream: NoiseStream
@@ -292,7 +259,8 @@ class ReleasePlan:
 
         ``values`` is a mapping feature name -> value, or a 1-D array in the order of the specs the
         plan was built from. The work is a fixed sequence of in-place numpy operations on a few
-        buffers; steps that are the identity for this plan (e.g. the category shift when every
+        buffers, then each mechanism's :meth:`~pipeline.privacy.mechanisms.base.Mechanism.apply` on
+        its slice; steps that are the identity for this plan (e.g. the category shift when every
         feature is numeric) are skipped, which leaves every result bit-identical.
         """
         d = self.d
@@ -303,7 +271,7 @@ class ReleasePlan:
         # inf - inf = NaN: a false alarm, and the mask below then finds nothing)
         if math.isnan(_sum(x)):
             np.copyto(x, self.default, where=np.isnan(x))  # the defaults lie inside the bounds
-        # z = (x - lo) G / width (+ 1/2 for categories), in place in x
+        # z = (x - lo) G / width (+ 1/2 for categories), in place in x; z <= G (see _inv_step)
         if self._sub_lo:
             np.subtract(x, self.lo, out=x)
         if self._mul_step:
@@ -335,23 +303,14 @@ class ReleasePlan:
             np.multiply(up, self.rand, out=x)
             np.add(k, x, out=k)
         out = np.empty(d)
-        if self._fast is not None:
-            return self._fast(k, u, out, x, up, self._fast_params), sel
-        j = np.empty(d)
-        g = self.grid_steps
-        for m, sl, p in self.groups:
-            if m == "laplace":
-                j[sl] = mech.laplace_kernel(k[sl], u[1, sl], u[2, sl], p["log_q"])
-            elif m == "piecewise":
-                j[sl] = mech.piecewise_kernel(k[sl], u[1, sl], u[2, sl], g, p["h"], p["p_high"])
-            elif m == "duchi":
-                j[sl] = mech.duchi_kernel(k[sl], u[1, sl], g, p["slope"])
-            elif m == "gaussian":
-                j[sl] = k[sl] + discrete_gaussian(p["sigma"], u[1:4, sl], stream)
-            else:
-                j[sl] = mech.grr_kernel(k[sl], u[1, sl], u[2, sl], p["n_categories"], p["p_keep"])
-        np.multiply(j, self.out_step, out=out)
-        np.add(out, self.offset, out=out)
+        if len(self.groups) == 1:
+            impl, _, p = self.groups[0]
+            return impl.apply(k, u, out, x, up, p, stream), sel
+        for impl, sl, p in self.groups:
+            part = out[sl]
+            res = impl.apply(k[sl], u[:, sl], part, x[sl], up[sl], p, stream)
+            if res is not part:
+                part[...] = res
         return out, sel
 
     def _gather(self, values: Mapping[str, float] | np.ndarray) -> np.ndarray:
@@ -382,6 +341,19 @@ class ReleasePlan:
         return ReleasedValues(names, {n: i for i, n in enumerate(names)}, out[sel])
 
 
+def _inv_step(width: float, grid_steps: int) -> float:
+    """``G / width``, rounded down until ``width * inv_step <= G`` in float64.
+
+    ``(x - lower) * inv_step`` is monotone in ``x`` and ``x - lower <= width`` after clipping, so
+    the grid index never exceeds ``G`` (with ``G`` not a power of two, ``width * (G / width)``
+    can round to just above ``G`` and ``x = upper`` could reach index ``G + 1``).
+    """
+    inv = grid_steps / width
+    while width * inv > grid_steps:
+        inv = math.nextafter(inv, 0.0)
+    return inv
+
+
 def _smallest(row: np.ndarray, k: int) -> np.ndarray:
     """Sorted positions of the ``k`` smallest words of ``row`` (the sampled features).
 
@@ -396,67 +368,6 @@ def _smallest(row: np.ndarray, k: int) -> np.ndarray:
         if np.count_nonzero(row == row[i]) == 1:
             return np.array([i])
     return np.sort(np.argpartition(row, k - 1)[:k])
-
-
-# Fused kernels of single-mechanism plans: the same floating-point operations, in the same order
-# on the same operands, as the general path (mechanisms.*_kernel, then offset + j * out_step), but
-# in place on the caller's buffers. Arguments: grid index k, uniforms u (rows), output buffer out,
-# float scratch t, bool scratch b; k, t and b are clobbered.
-def _fast_laplace(
-    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
-) -> np.ndarray:
-    log_q, offset, out_step = p
-    np.log(u[1], out=out)
-    np.divide(out, log_q, out=out)
-    np.floor(out, out=out)
-    np.log(u[2], out=t)
-    np.divide(t, log_q, out=t)
-    np.floor(t, out=t)
-    np.subtract(out, t, out=out)
-    np.add(k, out, out=out)
-    np.multiply(out, out_step, out=out)
-    np.add(out, offset, out=out)
-    return out
-
-
-def _fast_piecewise(
-    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
-) -> np.ndarray:
-    # piecewise_kernel clamps floor(u h) to h - 1 and floor(u G) to G - 1. With u <= 1 - 2^-53 that
-    # is never needed: for any float c > 0, fl((1 - 2^-53) c) < c (c 2^-53 is at least half the
-    # spacing of the floats just below c, and exactly that spacing when c is a power of two), so
-    # floor(u c) <= c - 1 for integer c. Dropping the two no-op minimums keeps every bit.
-    h, g, p_high, offset, out_step = p
-    u2 = u[2]
-    np.multiply(u2, h, out=t)  # j_in = k + floor(u2 h)
-    np.floor(t, out=t)
-    np.add(k, t, out=t)
-    np.multiply(u2, g, out=out)  # j_out = floor(u2 G) + h [j_out >= k]
-    np.floor(out, out=out)
-    np.greater_equal(out, k, out=b)
-    np.multiply(h, b, out=k)
-    np.add(out, k, out=out)
-    np.less(u[1], p_high, out=b)
-    np.copyto(out, t, where=b)
-    np.multiply(out, out_step, out=out)
-    np.add(out, offset, out=out)
-    return out
-
-
-def _fast_duchi(
-    k: np.ndarray, u: np.ndarray, out: np.ndarray, t: np.ndarray, b: np.ndarray, p: tuple[Any, ...]
-) -> np.ndarray:
-    g, half, slope, high, low = p
-    np.divide(k, g, out=t)
-    np.subtract(t, half, out=t)
-    np.multiply(t, slope, out=t)
-    np.add(half, t, out=t)
-    np.less(u[1], t, out=b)
-    return np.where(b, high, low)
-
-
-#: Uniforms per feature each mechanism consumes (beyond the rounding one).
-_UNIFORMS = {"laplace": 2, "piecewise": 2, "duchi": 1, "gaussian": 3, "rr": 2, "grr": 2}
 
 
 #: The privatized values of a release (see :class:`pipeline.named.NamedValues`).

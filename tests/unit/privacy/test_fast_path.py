@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from privacy_helpers import SPECS, fixed_keys, request
@@ -15,7 +16,6 @@ from privacy_helpers import SPECS, fixed_keys, request
 from pipeline.errors import PrivacyError
 from pipeline.features.spec import FeatureSpec
 from pipeline.privacy import PrivacyConfig, PrivacyEngine, PrivateRelease, WEventRule
-from pipeline.privacy import mechanisms as mech
 from pipeline.privacy.accountant import Accountant
 from pipeline.privacy.noise import NoiseStream, discrete_gaussian, to_uniform
 from pipeline.privacy.vector import ReleasePlan, _smallest
@@ -104,17 +104,18 @@ def _reference_apply(plan: ReleasePlan, x: np.ndarray, stream: NoiseStream) -> t
     k += (u[0] < z - k) * plan.rand
     j = np.empty(d)
     g = plan.grid_steps
-    for m, sl, p in plan.groups:
+    for impl, sl, p in plan.groups:
+        m = impl.name
         if m == "laplace":
-            j[sl] = mech.laplace_kernel(k[sl], u[1, sl], u[2, sl], p["log_q"])
+            j[sl] = ref.laplace_kernel(k[sl], u[1, sl], u[2, sl], p[0])
         elif m == "piecewise":
-            j[sl] = mech.piecewise_kernel(k[sl], u[1, sl], u[2, sl], g, p["h"], p["p_high"])
+            j[sl] = ref.piecewise_kernel(k[sl], u[1, sl], u[2, sl], g, p[0], p[2])
         elif m == "duchi":
-            j[sl] = mech.duchi_kernel(k[sl], u[1, sl], g, p["slope"])
+            j[sl] = ref.duchi_kernel(k[sl], u[1, sl], g, p[2])
         elif m == "gaussian":
-            j[sl] = k[sl] + discrete_gaussian(p["sigma"], u[1:4, sl], stream)
+            j[sl] = k[sl] + discrete_gaussian(p[0], u[1:4, sl], stream)
         else:
-            j[sl] = mech.grr_kernel(k[sl], u[1, sl], u[2, sl], p["n_categories"], p["p_keep"])
+            j[sl] = ref.grr_kernel(k[sl], u[1, sl], u[2, sl], p[0], p[3])
     out = plan.offset + j * plan.out_step
     if plan._sample_row is not None:
         r = plan._sample_row
@@ -216,20 +217,20 @@ def test_fused_kernels_at_extreme_uniforms(mechanism: str, grid: int) -> None:
             {"epsilon": 3.0, "grid_steps": grid, "strategy": "split", "w_event": None, "mechanisms": {"*": mechanism}}
         ),
     )
-    m, sl, p = plan.groups[0]
+    impl, sl, p = plan.groups[0]
+    m = impl.name
     edge = np.array([2.0**-53, 1.0 - 2.0**-53, 0.5, 1.0 - 2.0**-53, 2.0**-53, 0.25, 1.0 - 2.0**-52, 0.75])
     u = np.stack([edge, edge[::-1], edge, np.roll(edge, 3)])
     k = np.array([0.0, grid, grid / 2, 1.0, grid - 1.0, 0.0, grid, 2.0])
     if m == "laplace":
-        j = mech.laplace_kernel(k, u[1], u[2], p["log_q"])
+        j = ref.laplace_kernel(k, u[1], u[2], p[0])
     elif m == "piecewise":
-        j = mech.piecewise_kernel(k, u[1], u[2], grid, p["h"], p["p_high"])
+        j = ref.piecewise_kernel(k, u[1], u[2], grid, p[0], p[2])
     else:
-        j = mech.duchi_kernel(k, u[1], grid, p["slope"])
-    ref = plan.offset + j * plan.out_step
-    assert plan._fast is not None
-    got = plan._fast(k.copy(), u, np.empty(8), np.empty(8), np.empty(8, dtype=bool), plan._fast_params)
-    assert np.array_equal(got.view(np.uint64), ref.view(np.uint64))
+        j = ref.duchi_kernel(k, u[1], grid, p[2])
+    want = plan.offset + j * plan.out_step
+    got = impl.apply(k.copy(), u, np.empty(8), np.empty(8), np.empty(8, dtype=bool), p, None)
+    assert np.array_equal(got.view(np.uint64), want.view(np.uint64))
 
 
 def test_largest_uniform_times_an_integer_stays_below_it() -> None:
