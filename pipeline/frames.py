@@ -59,7 +59,6 @@ REASONS = (
     "unknown_stream",
     "bad_rate",
     "shape_mismatch",
-    "non_finite",
 )
 
 _REQUIRED = (
@@ -106,7 +105,12 @@ class Frame:
     units : tuple of str
         Physical unit of each channel (``uV``, ``mV``, ``uS``, ``g``, ``degC``, ``FS``...).
     samples : numpy.ndarray
-        float32 array, shape ``(n_channels, n_samples)``; read-only.
+        float32 array, shape ``(n_channels, n_samples)``; read-only. May hold NaN or infinity (a
+        sensor glitch, or a JSON number beyond float32): such samples are *missing samples of an
+        accepted frame*. The windower fills them like the samples of a lost frame, but they never
+        decide whether a window is released (that must not depend on sample values).
+    nonfinite : int
+        Number of NaN or infinite samples (0 for a clean frame).
     """
 
     device_id: str
@@ -120,6 +124,7 @@ class Frame:
     units: tuple[str, ...]
     samples: np.ndarray
     version: int = SCHEMA_VERSION
+    nonfinite: int = 0
 
     @property
     def n_samples(self) -> int:
@@ -135,7 +140,7 @@ class Frame:
         """A copy of this frame stamped with another send time."""
         return Frame(
             self.device_id, self.modality, self.stream, self.seq, self.capture_ns, send_ns,
-            self.sample_rate, self.channels, self.units, self.samples, self.version,
+            self.sample_rate, self.channels, self.units, self.samples, self.version, self.nonfinite,
         )
 
 
@@ -292,9 +297,7 @@ def _samples_from(obj: dict[str, Any], encoding: str) -> np.ndarray:
         raise FrameError("bad_field", "'samples' must hold only numbers") from None
     if arr.ndim != 2:
         raise FrameError("bad_field", "'samples' must hold only numbers")
-    if not np.isfinite(arr).all():
-        raise FrameError("non_finite", "samples contain NaN or infinity")
-    return _as_float32(arr)
+    return _as_float32(arr)  # numbers beyond float32 become infinite: missing samples, see Frame
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:
@@ -396,7 +399,6 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
     n = samples.shape[1]
     if not 1 <= n <= MAX_SAMPLES_PER_FRAME:
         raise FrameError("shape_mismatch", f"{n} samples per channel, allowed 1-{MAX_SAMPLES_PER_FRAME}")
-    if not np.isfinite(samples).all():
-        raise FrameError("non_finite", "samples contain NaN or infinity")
+    nonfinite = 0 if np.isfinite(samples).all() else int(samples.size - np.count_nonzero(np.isfinite(samples)))
     samples.flags.writeable = False
-    return Frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples)
+    return Frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite=nonfinite)

@@ -5,8 +5,13 @@ it each message's key and value and sends what comes back; tests and benchmarks 
 directly. Per device, stream and feature set it keeps one :class:`~pipeline.windows.Windower`;
 every completed window goes through the feature set's ``compute`` and then through the privacy
 engine, which either returns a noised release or a suppression (budget exhausted). Nothing else
-leaves: a release holds only privatized values and metadata, and the device id is replaced by
-its keyed pseudonym.
+leaves: a release holds only privatized values and the public description of their noise, under
+the device's keyed pseudonym; channel names in feature names are standard electrode names or
+indices (:mod:`pipeline.channels`).
+
+Every :class:`Outcome` lists the devices whose durable *header* (privacy lineage, noise key of the
+day) changed while processing the message (``headers``): the worker writes those ahead, before it
+publishes the outcome's releases, so that a re-release after a crash uses the same noise.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from pipeline.channels import public_channel_names
 from pipeline.errors import FrameError
 from pipeline.features import FeatureSet, feature_sets
 from pipeline.features.spec import FeatureSpec
@@ -55,7 +63,8 @@ class Outcome:
 
     ``frame`` identifies the frame when the message decoded to one (``None`` for dead letters);
     ``replayed`` counts windows answered from the ledger (already released or suppressed before:
-    not published again, see :meth:`Processor.process_frame`).
+    not published again, see :meth:`Processor.process_frame`); ``headers`` are the devices whose
+    durable header must be written before the releases are published.
     """
 
     releases: list[ReleaseRecord] = field(default_factory=list)
@@ -63,6 +72,7 @@ class Outcome:
     events: list[dict[str, Any]] = field(default_factory=list)
     frame: FrameRef | None = None
     replayed: int = 0
+    headers: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -112,6 +122,7 @@ class Processor:
         self._sets: dict[str, tuple[FeatureSet, ...]] = {}
         self._windowers: dict[tuple[str, str, str], Windower] = {}
         self._specs: dict[tuple[str, tuple[str, ...], float], tuple[FeatureSpec, ...]] = {}
+        self._raw_names: dict[tuple[str, tuple[str, ...], float], tuple[str, ...]] = {}
         self._pseudonyms: dict[str, str] = {}
         self._history: dict[tuple[str, float, int], int] = {}
         self._idle_clock = idle_clock
@@ -176,6 +187,10 @@ class Processor:
             if windower.stats.restarts != restarts:
                 self.dirty_devices.add(frame.device_id)  # a new grid anchor to checkpoint
                 self._anchored.add(frame.device_id)
+        unsaved = self.engine.take_unsaved_headers()
+        if unsaved:
+            out.headers = unsaved
+            self.dirty_devices |= unsaved
         return out
 
     # -- internals ----------------------------------------------------------------------------
@@ -187,11 +202,21 @@ class Processor:
         return sets
 
     def _specs_for(self, fs: FeatureSet, window: Window) -> tuple[FeatureSpec, ...]:
+        """The set's specs for the window's layout, named with public channel labels (same order
+        as the values ``compute`` returns for the device's own channel names)."""
         key = (fs.name, window.channels, window.sample_rate)
         specs = self._specs.get(key)
         if specs is None:
-            specs = self._specs[key] = fs.specs(window.channels, window.sample_rate)
+            specs = self._specs[key] = fs.specs(public_channel_names(window.channels), window.sample_rate)
+            self._raw_names[key] = tuple(s.name for s in fs.specs(window.channels, window.sample_rate))
         return specs
+
+    def _array(self, values: Mapping[str, float], fs: FeatureSet, window: Window) -> Any:
+        """A dict of feature values as an array in spec order (the device's channel names may
+        differ from the public names of the specs; the order is the same)."""
+        self._specs_for(fs, window)
+        names = self._raw_names[(fs.name, window.channels, window.sample_rate)]
+        return np.fromiter((values[n] for n in names), dtype=np.float64, count=len(names))
 
     def pseudonym(self, device_id: str) -> str:
         """The device's pseudonym (cached)."""
@@ -220,8 +245,9 @@ class Processor:
             start_ns=window.start_ns,
             end_ns=window.end_ns,
             # an array in spec order spares the engine a per-name lookup of hundreds of values
-            values=values.array if isinstance(values, NamedValues) else values,
+            values=values.array if isinstance(values, NamedValues) else self._array(values, fs, window),
             specs=self._specs_for(fs, window),
+            content=window.content_id(),
         )
         replayed_before = self.engine.stats["replayed"]
         result = self.engine.privatize(request)
@@ -234,13 +260,17 @@ class Processor:
         if isinstance(result, PrivateRelease):
             self.stats.releases += 1
             out.releases.append(
-                release_record(result, request, pseudonym, frame.modality, window, self._clock())
+                release_record(result, request, pseudonym, window, self._clock())
             )
         elif isinstance(result, Suppression):
             self.stats.suppressed += 1
             out.events.append(suppression_event(result, request, pseudonym))
         else:  # pragma: no cover - engine contract
             raise TypeError(f"privacy engine returned {type(result).__name__}")
+
+    def header_records(self, devices: set[str]) -> dict[str, dict[str, Any]]:
+        """Durable headers of ``devices`` (lineage, day keys), to write ahead of their releases."""
+        return self.engine.headers(devices)
 
     def history_frames(self, ref: FrameRef) -> int:
         """How many frames back a pending window of ``ref``'s stream may reach (for rebuilds)."""
@@ -334,3 +364,4 @@ class Processor:
             for k, v in w.stats.as_dict().items():
                 agg[k] = agg.get(k, 0) + int(v)
         return totals
+

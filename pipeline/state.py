@@ -16,8 +16,21 @@ The worker keeps two kinds of state per device, and treats them differently:
   (it was published before the offsets were committed), then continues from the committed offset.
 
 Windows are a function of the sequence numbers, and noise a function of (device key, release
-identity), so the rebuilt windows and releases equal the lost ones; the ledger makes a window
-already charged a replay (answered without charging, not published again).
+identity, ledger lineage, window content), so the rebuilt windows and releases equal the lost ones;
+the ledger makes a window already charged a replay (answered without charging, not published again).
+
+Besides, per device a *header* record (key ``h:<device id>``: the ledger's random lineage and the
+noise key of each UTC day) is written *ahead* of the device's releases: a release is never
+published before the header it depends on is durable, so a re-release after a crash draws the same
+noise. Per state partition, ``m:layout`` records the raw topics' partition count (a worker refuses
+to load a partition written under another count: repartitioning would move devices away from
+their ledgers) and ``m:keys`` the fingerprints of the key file (a worker refuses state written
+with other keys).
+
+**Confidentiality.** Device and header records are sealed with ChaCha20-Poly1305 under the key
+file's state key (:class:`StateCipher`; the record key is the associated data, so a record cannot
+be moved to another device). A reader of the state topic sees device ids, record sizes and write
+times, never a ledger entry, digest, lineage or anything that links a device to its releases.
 
 This module is pure: :class:`ResumeTracker` computes resume offsets, the ``*_record`` and
 :func:`load_partition` functions encode and decode the state topic, :func:`merge_ledger` and
@@ -27,8 +40,10 @@ This module is pure: :class:`ResumeTracker` computes resume offsets, the ``*_rec
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -36,19 +51,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import StateError
+from pipeline.privacy.accountant import LEDGER_FORMAT
 
 __all__ = [
     "PartitionState",
     "ResumeTracker",
+    "StateCipher",
+    "check_fingerprints",
+    "check_layout",
     "device_record",
+    "header_record",
+    "keys_record",
+    "layout_record",
     "load_partition",
     "merge_ledger",
     "resume_record",
     "split_ledger",
 ]
 
-STATE_FORMAT = 1
-LEDGER_FORMAT = "biopriv-ledger/1"
+STATE_FORMAT = 2
 
 TP = tuple[str, int]
 
@@ -148,16 +169,79 @@ class ResumeTracker:
 # ---------------------------------------------------------------------- state topic records
 
 
+class StateCipher:
+    """Seals and opens state records with the key file's state keys (ChaCha20-Poly1305).
+
+    Parameters
+    ----------
+    keys : object with ``state_key()`` and ``state_key_version(key_id)``
+        A :class:`~pipeline.privacy.keys.KeyRing` (or a KMS client with the same two methods).
+    """
+
+    def __init__(self, keys: Any) -> None:
+        self._keys = keys
+
+    def seal(self, record_key: bytes, doc: dict[str, Any]) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        kid, key = self._keys.state_key()
+        nonce = os.urandom(12)
+        box = ChaCha20Poly1305(key).encrypt(nonce, json.dumps(doc, separators=(",", ":")).encode(), record_key)
+        return {"key_id": kid, "nonce": base64.b64encode(nonce).decode(), "box": base64.b64encode(box).decode()}
+
+    def open(self, record_key: bytes, sealed: dict[str, Any]) -> Any:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        kid = str(sealed.get("key_id"))
+        key = self._keys.state_key_version(kid)
+        if key is None:
+            raise StateError(
+                f"state record {record_key[:80]!r} is sealed with state key {kid!r}, which the key file does not hold: "
+                "the worker was started with another key file than the one that wrote the state"
+            )
+        try:
+            plain = ChaCha20Poly1305(key).decrypt(
+                base64.b64decode(sealed["nonce"]), base64.b64decode(sealed["box"]), record_key
+            )
+        except (InvalidTag, KeyError, ValueError, TypeError):
+            raise StateError(
+                f"state record {record_key[:80]!r} does not open with state key {kid!r}: another key file, or a "
+                "corrupted record"
+            ) from None
+        return json.loads(plain)
+
+
+def _doc(kind: str, record_key: bytes, body: dict[str, Any], cipher: StateCipher | None) -> bytes:
+    doc: dict[str, Any] = {"v": STATE_FORMAT, "kind": kind, "t_ns": time.time_ns()}
+    if cipher is None:  # tests and tools only: the worker always seals
+        doc["body"] = body
+    else:
+        doc["sealed"] = cipher.seal(record_key, body)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def device_record(
-    device_id: str, ledger: dict[str, Any] | None, windows: dict[str, Any] | None = None
+    device_id: str,
+    ledger: dict[str, Any] | None,
+    windows: dict[str, Any] | None = None,
+    cipher: StateCipher | None = None,
 ) -> tuple[bytes, bytes]:
     """Key and value of a device's record: ``ledger`` (its slice of a ledger state, None when it
     has no charges) and ``windows``, the grid anchors of its restarted streams
-    (:meth:`pipeline.processor.Processor.anchors`) that the window rebuild needs."""
-    doc: dict[str, Any] = {"v": STATE_FORMAT, "kind": "device", "device": device_id, "ledger": ledger, "t_ns": time.time_ns()}
+    (:meth:`pipeline.processor.Processor.anchors`) that the window rebuild needs. Sealed with
+    ``cipher`` (the worker always passes one)."""
+    key = b"d:" + device_id.encode()
+    body: dict[str, Any] = {"device": device_id, "ledger": ledger}
     if windows:
-        doc["windows"] = windows
-    return b"d:" + device_id.encode(), json.dumps(doc, separators=(",", ":")).encode()
+        body["windows"] = windows
+    return key, _doc("device", key, body, cipher)
+
+
+def header_record(device_id: str, header: dict[str, Any], cipher: StateCipher | None = None) -> tuple[bytes, bytes]:
+    """Key and value of a device's header (lineage, day keys), written ahead of its releases."""
+    key = b"h:" + device_id.encode()
+    return key, _doc("header", key, {"device": device_id, "header": header}, cipher)
 
 
 def resume_record(topic: str, partition: int, offset: int) -> tuple[bytes, bytes]:
@@ -166,17 +250,34 @@ def resume_record(topic: str, partition: int, offset: int) -> tuple[bytes, bytes
     return b"r:" + topic.encode(), json.dumps(doc, separators=(",", ":")).encode()
 
 
+def layout_record(raw_partitions: dict[str, int]) -> tuple[bytes, bytes]:
+    """Key and value of the layout record: the partition count of each raw topic."""
+    doc = {"v": STATE_FORMAT, "kind": "layout", "raw_partitions": dict(sorted(raw_partitions.items()))}
+    return b"m:layout", json.dumps(doc, separators=(",", ":")).encode()
+
+
+def keys_record(fingerprints: dict[str, str]) -> tuple[bytes, bytes]:
+    """Key and value of the key-fingerprint record (public fingerprints, no secret)."""
+    doc = {"v": STATE_FORMAT, "kind": "keys", "fingerprints": dict(sorted(fingerprints.items()))}
+    return b"m:keys", json.dumps(doc, separators=(",", ":")).encode()
+
+
 @dataclass
 class PartitionState:
-    """What one partition of the state topic holds: device ledgers and raw resume offsets."""
+    """What one partition of the state topic holds."""
 
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> ledger slice
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> header written ahead
     resume: dict[str, int] = field(default_factory=dict)
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> grid anchors
+    layout: dict[str, int] | None = None
+    fingerprints: dict[str, str] | None = None
     records: int = 0
 
 
-def load_partition(records: Iterable[tuple[bytes | None, bytes | None]]) -> PartitionState:
+def load_partition(
+    records: Iterable[tuple[bytes | None, bytes | None]], cipher: StateCipher | None = None
+) -> PartitionState:
     """Fold ``(key, value)`` records of one state partition, oldest first (latest per key wins)."""
     ps = PartitionState()
     for key, value in records:
@@ -187,21 +288,78 @@ def load_partition(records: Iterable[tuple[bytes | None, bytes | None]]) -> Part
             doc = json.loads(value)
         except ValueError as exc:
             raise StateError(f"state record {key[:80]!r} is not JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("v") != STATE_FORMAT:
-            raise StateError(f"state record {key[:80]!r} has format {doc.get('v') if isinstance(doc, dict) else doc!r}, expected {STATE_FORMAT}")
-        if doc.get("kind") == "device":
-            device = str(doc["device"])
+        version = doc.get("v") if isinstance(doc, dict) else doc
+        if version != STATE_FORMAT:
+            raise StateError(
+                f"state record {key[:80]!r} has format {version!r}, expected {STATE_FORMAT} (state written by an older "
+                "biopriv: start on a fresh state topic)"
+            )
+        kind = doc.get("kind")
+        if kind in ("device", "header"):
+            if "sealed" in doc:
+                if cipher is None:
+                    raise StateError(f"state record {key[:80]!r} is sealed and no state key was given")
+                body = cipher.open(key, doc["sealed"])
+            else:
+                body = doc.get("body")
+            if not isinstance(body, dict) or "device" not in body:
+                raise StateError(f"state record {key[:80]!r} has no device body")
+            device = str(body["device"])
+            if kind == "header":
+                ps.headers[device] = body["header"]
+                continue
             ps.devices.pop(device, None)
             ps.windows.pop(device, None)
-            if doc.get("ledger") is not None:
-                ps.devices[device] = doc["ledger"]
-            if doc.get("windows"):
-                ps.windows[device] = doc["windows"]
-        elif doc.get("kind") == "resume":
+            if body.get("ledger") is not None:
+                ps.devices[device] = body["ledger"]
+            if body.get("windows"):
+                ps.windows[device] = body["windows"]
+        elif kind == "resume":
             ps.resume[str(doc["topic"])] = int(doc["offset"])
+        elif kind == "layout":
+            ps.layout = {str(t): int(n) for t, n in doc["raw_partitions"].items()}
+        elif kind == "keys":
+            ps.fingerprints = {str(k): str(v) for k, v in doc["fingerprints"].items()}
         else:
-            raise StateError(f"state record {key[:80]!r} has kind {doc.get('kind')!r}; allowed: 'device', 'resume'")
+            raise StateError(
+                f"state record {key[:80]!r} has kind {kind!r}; allowed: 'device', 'header', 'resume', 'layout', 'keys'"
+            )
     return ps
+
+
+def check_layout(recorded: dict[str, int] | None, current: dict[str, int]) -> None:
+    """Refuse a state partition written when the raw topics had another partition count.
+
+    Kafka maps a device to ``hash(device id) mod partitions``: after repartitioning, a device's
+    frames arrive on another partition than its ledger record, and its new owner would start a
+    fresh ledger (fresh noise: a double charge of its budget). Migrate or recreate instead.
+    """
+    if recorded is None:
+        return
+    changed = {t: (n, current[t]) for t, n in recorded.items() if t in current and current[t] != n}
+    if changed:
+        desc = ", ".join(f"{t}: {a} -> {b}" for t, (a, b) in sorted(changed.items()))
+        raise StateError(
+            f"raw topics were repartitioned since the state was written ({desc}): devices would lose their privacy "
+            "ledgers. Restore the partition count, or start on fresh topics (docs/operations.md, 'Repartitioning')"
+        )
+
+
+def check_fingerprints(recorded: dict[str, str] | None, ours: dict[str, str]) -> None:
+    """Refuse state written with another key file: a key id both hold must have the same fingerprint."""
+    if not recorded:
+        return
+    differ = sorted(k for k in set(recorded) & set(ours) if recorded[k] != ours[k])
+    if differ:
+        raise StateError(
+            f"this worker's key file differs from the one that wrote the state (keys {', '.join(differ)} have other "
+            "fingerprints): every worker of a group must use the same key file (biopriv keys show-fingerprint)"
+        )
+    if not set(recorded) & set(ours):
+        raise StateError(
+            "this worker's key file shares no key with the one that wrote the state: every worker of a group must use "
+            "the same key file (biopriv keys show-fingerprint)"
+        )
 
 
 def split_ledger(state: dict[str, Any], devices: Iterable[str]) -> dict[str, dict[str, Any]]:

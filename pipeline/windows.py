@@ -18,6 +18,10 @@ of the window when a window completes, and copes with what real devices send:
 * **Gaps.** Missing samples of a released window are filled by linear interpolation between the
   nearest received samples of the same channel (held constant at the window edges);
   :attr:`Window.missing_fraction` says how much was filled.
+* **Non-finite samples** (NaN or infinity in an accepted frame) are filled the same way, per
+  channel, but never count towards ``max_missing``: whether a window is released depends on which
+  frames arrived, never on sample values (``docs/privacy.md``, threat model). A channel with no
+  finite sample in the window stays NaN (its features are then undefined).
 * **Restarts.** A change of sample rate, channel names, units or frame length starts a new segment:
   pending windows are discarded (counted as ``incomplete``), the grid is re-anchored at the first
   frame of the new segment (``base_seq`` = its seq), and window indices continue to increase. A
@@ -136,6 +140,10 @@ class Window:
         Fraction of the window's samples that were missing and interpolated.
     start_sample : int
         Position of the first sample within the segment (``k * hop``), samples.
+    base_seq, n_frame : int
+        The segment: sequence number of its first frame, samples per frame.
+    missing_frames : tuple of int
+        Frames (numbered within the segment) whose samples were missing and interpolated.
     cache : WindowCache or None
         The segment's cache (None for windows not made by a :class:`Windower`); usable only when
         ``missing_fraction == 0``.
@@ -153,6 +161,21 @@ class Window:
     missing_fraction: float
     start_sample: int = 0
     cache: WindowCache | None = field(default=None, repr=False)
+    base_seq: int = 0
+    n_frame: int = 0
+    missing_frames: tuple[int, ...] = ()
+
+    def content_id(self) -> bytes:
+        """Canonical bytes of what the window holds: segment, position, capture span, gaps.
+
+        Two windows with equal ``content_id`` were cut from the same frames of the same segment at
+        the same place; the privacy engine binds its noise to it, so a window index that comes to
+        cover other data (a rebuilt grid, a reboot) never reuses noise.
+        """
+        return b"w1|%d|%d|%r|%d|%d|%d|%d|%s" % (
+            self.base_seq, self.n_frame, self.sample_rate, self.start_sample, len(self.channels),
+            self.start_ns, self.end_ns, ",".join(map(str, self.missing_frames)).encode(),
+        )
 
 
 @dataclass(slots=True)
@@ -169,6 +192,7 @@ class WindowStats:
     incomplete: int = 0  #: windows not released (too many missing samples, or cut by a restart)
     restarts: int = 0  #: new segments after a rate/channel/frame-length change or a device reboot
     released: int = 0  #: windows released
+    nonfinite_samples: int = 0  #: NaN or infinite samples in accepted frames (filled like missing ones)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -194,6 +218,7 @@ class _Segment:
     high: int  # highest position written (exclusive)
     received: dict[int, int] = field(default_factory=dict)  # relative seq -> capture_ns
     ordered: bool = True  # received's keys were inserted in increasing order (its order is sorted)
+    nonfinite: set[int] = field(default_factory=set)  # relative seqs of frames holding NaN or inf
     last_capture_ns: int = 0
     cache: WindowCache | None = None  # created with the segment
 
@@ -277,6 +302,9 @@ class Windower:
             self.stats.late += 1
             return out
         self.stats.accepted += 1
+        if frame.nonfinite:
+            self.stats.nonfinite_samples += frame.nonfinite
+            seg.nonfinite.add(rel)
         seg.max_rel = new_max
         seg.received[rel] = frame.capture_ns
         seg.last_capture_ns = max(seg.last_capture_ns, frame.capture_ns)
@@ -358,7 +386,7 @@ class Windower:
             anchor["segment"] = {
                 "sample_rate": seg.sample_rate, "channels": list(seg.channels), "units": list(seg.units),
                 "n_frame": seg.n_frame, "base_seq": seg.base_seq, "index_offset": seg.index_offset,
-                "last_capture_ns": seg.last_capture_ns,
+                "last_capture_ns": seg.last_capture_ns, "max_seq": seg.base_seq + seg.max_rel,
             }
             # the index a restart would continue from (as _restart computes it)
             anchor["end_index"] = seg.index_offset + max(seg.next_k, -(-seg.high // seg.n_hop))
@@ -374,7 +402,8 @@ class Windower:
         same = (float(seg["sample_rate"]) == frame.sample_rate and tuple(seg["channels"]) == frame.channels
                 and tuple(seg["units"]) == frame.units and int(seg["n_frame"]) == frame.n_samples)
         base = int(seg["base_seq"])
-        if same and frame.seq >= base:
+        rebooted = frame.seq <= int(seg.get("max_seq", -1)) and frame.capture_ns > int(seg["last_capture_ns"])
+        if same and frame.seq >= base and not rebooted:
             # the segment continues: start like _new_segment, on the anchored grid
             n = frame.n_samples
             p0 = (frame.seq - base) * n - spec.reorder_frames * n
@@ -388,7 +417,7 @@ class Windower:
             # re-reading frames from before the anchored restart, or a stale redelivery); its windows
             # were released (and charged) or discarded before the anchor was taken
             return None
-        # a format change, or a reboot (lower seq, later capture): a restart after the anchored segment
+        # a format change, or a reboot (a seq already seen, later capture): a restart after the anchored segment
         stats["restarts"] = int(stats.get("restarts", 0)) + 1
         return cls.from_state(spec, {"version": 1, "next_index": int(anchor["end_index"]), "stats": stats, "segment": None})
 
@@ -517,6 +546,8 @@ class Windower:
         elif received and min(received) < keep:
             seg.received = dict(sorted((f, c) for f, c in received.items() if f >= keep))
             seg.ordered = True
+        if seg.nonfinite and min(seg.nonfinite) < keep:
+            seg.nonfinite = {f for f in seg.nonfinite if f >= keep}
 
     def _make_window(
         self, seg: _Segment, k: int, s: int, e: int, missing_frames: list[int], frac: float, send_ns: int
@@ -531,6 +562,10 @@ class Windower:
             gaps = np.flatnonzero(~present)
             for row in data:
                 row[gaps] = np.interp(gaps, idx, row[idx])
+        cache = seg.cache
+        if seg.nonfinite and any(f in seg.nonfinite for f in range(s // n, (e - 1) // n + 1)):
+            _fill_nonfinite(data)
+            cache = None  # filled values depend on the window: keep them out of the segment's cache
         # capture time from the first received frame overlapping the window
         rate = seg.sample_rate
         start_ns = 0
@@ -552,8 +587,23 @@ class Windower:
             last_send_ns=send_ns,
             missing_fraction=float(frac),
             start_sample=s,
-            cache=seg.cache,
+            cache=cache,
+            base_seq=seg.base_seq,
+            n_frame=n,
+            missing_frames=tuple(missing_frames),
         )
+
+
+def _fill_nonfinite(data: np.ndarray) -> None:
+    """Replace NaN and infinite samples in place by linear interpolation along each channel."""
+    for row in data:
+        bad = ~np.isfinite(row)
+        if bad.any():
+            good = np.flatnonzero(~bad)
+            if good.size:
+                row[bad] = np.interp(np.flatnonzero(bad), good, row[good])
+            else:
+                row[:] = np.nan
 
 
 def n_windows(n_samples: int, spec: WindowSpec, sample_rate: float) -> int:

@@ -93,6 +93,9 @@ class PrivacyConfig:
         Accounting rules; None disables the rule.
     lifetime_epsilon : float or None
         Lifetime cap per device; None disables it.
+    delta_cap : float or None
+        Total delta a device may spend over its lifetime (Gaussian releases compose additively);
+        None means ``0.01 / n_devices``. A release that would exceed it is suppressed.
     retention_s : float
         How far behind a device's newest data (seconds) a release may lag and still be accounted;
         older releases are suppressed as ``late``. Bounds the ledger's memory.
@@ -110,6 +113,7 @@ class PrivacyConfig:
     w_event: WEventRule | None = WEventRule(epsilon=8.0, horizon_s=5.0)
     period: PeriodRule | None = None
     lifetime_epsilon: float | None = None
+    delta_cap: float | None = None
     retention_s: float = 60.0
     medical: bool = False
 
@@ -145,6 +149,8 @@ class PrivacyConfig:
             check_range("period.period_s", self.period.period_s, 1.0, None, unit="s")
         if self.lifetime_epsilon is not None:
             check_range("lifetime_epsilon", self.lifetime_epsilon, 0.0, None, low_inclusive=False)
+        if self.delta_cap is not None:
+            check_range("delta_cap", self.delta_cap, 0.0, 1.0, high_inclusive=False)
         check_range("retention_s", self.retention_s, 0.0, None, low_inclusive=False, unit="s")
         for rule, eps in self._unit_epsilons():
             limit = EPSILON_WARN_MEDICAL if self.medical else EPSILON_WARN
@@ -214,7 +220,7 @@ class PrivacyConfig:
             if not isinstance(mechs, Mapping):
                 raise ConfigError(f"mechanisms must be a table pattern -> mechanism, got {mechs!r}")
             kwargs["mechanisms"] = {str(k): str(v) for k, v in mechs.items()}
-        for key in ("epsilon", "delta", "retention_s", "lifetime_epsilon"):
+        for key in ("epsilon", "delta", "retention_s", "lifetime_epsilon", "delta_cap"):
             if key in kwargs and kwargs[key] is not None and not isinstance(kwargs[key], bool):
                 kwargs[key] = check_range(key, kwargs[key])
         return cls(**kwargs)
@@ -250,6 +256,7 @@ class PrivacyConfig:
             if self.period is None
             else {"epsilon": self.period.epsilon, "period_s": self.period.period_s},
             "lifetime_epsilon": self.lifetime_epsilon,
+            "delta_cap": self.delta_cap,
             "retention_s": self.retention_s,
             "medical": self.medical,
         }

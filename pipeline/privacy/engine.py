@@ -5,12 +5,20 @@
 
 1. detects replays (window index at or below the last one seen for the device's stream and
    feature set) and answers them from the ledger without charging: a released window is
-   regenerated bit-identically from its key version (and checked against the recorded digest),
-   a suppressed one is suppressed again;
-2. asks the :class:`~pipeline.privacy.accountant.Accountant` whether the device can pay; if
-   not, suppresses the release (never publishes it un-noised) with a budget-exhausted event;
-3. privatizes the vector with the cached :class:`~pipeline.privacy.vector.ReleasePlan`, noise
-   drawn from the release's own ChaCha20 keystream, and charges the ledger.
+   regenerated bit-identically from its key version (and checked against the recorded keyed
+   digest), a suppressed one is suppressed again;
+2. suppresses windows that are ``late`` (too far behind the device's newest data), inside a
+   ``ledger_missing`` guard (the device's ledger was lost: they may have been released under the
+   lost lineage), or that the :class:`~pipeline.privacy.accountant.Accountant` cannot pay for
+   (``budget_exhausted``): never published un-noised;
+3. fixes the noise key of the window's UTC day, privatizes the vector with the cached
+   :class:`~pipeline.privacy.vector.ReleasePlan`, noise drawn from the release's own ChaCha20
+   keystream (bound to the window's place, the device's lineage and the window's content), and
+   charges the ledger.
+
+The device *header* (lineage, key of each day) must be durable before a release that depends on it
+is published: :meth:`PrivacyEngine.take_unsaved_headers` says which devices' headers changed (the
+worker writes them ahead, ``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -26,13 +34,17 @@ import numpy as np
 
 from pipeline.errors import PrivacyError
 from pipeline.features.spec import FeatureSpec
-from pipeline.privacy.accountant import Accountant, to_epsilon
+from pipeline.privacy.accountant import Accountant, Outcome, Suppressed, _cost_units
 from pipeline.privacy.config import PrivacyConfig
 from pipeline.privacy.keys import KeyProvider
 from pipeline.privacy.noise import NoiseStream, identity_bytes
 from pipeline.privacy.vector import ReleasedValues, ReleasePlan
 
 _PLAN_CACHE_MAX = 256
+
+
+#: ns per UTC day: noise keys are fixed per device and day.
+DAY_NS = 86_400 * 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +57,7 @@ class ReleaseRequest:
         Release identity (with ``window_index``); ``device_id`` is the privacy unit.
     window_index : int
         Strictly increasing per (device, stream, feature_set); an index at or below the last one
-        seen is treated as a replay.
+        seen is treated as a replay. Internal: never published.
     hop_s, length_s : float
         Window geometry in seconds (validated; accounting uses the capture span).
     start_ns, end_ns : int
@@ -59,6 +71,9 @@ class ReleaseRequest:
     specs : Sequence[FeatureSpec]
         One per value. Pass the same (immutable) sequence object every time: the engine caches
         the compiled plan by its identity.
+    content : bytes
+        Canonical description of what the window holds (:meth:`pipeline.windows.Window.content_id`),
+        bound into the noise identity with the capture span.
     """
 
     device_id: str
@@ -71,6 +86,7 @@ class ReleaseRequest:
     end_ns: int
     values: Mapping[str, float] | np.ndarray
     specs: Sequence[FeatureSpec]
+    content: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +96,8 @@ class PrivateRelease:
     Attributes
     ----------
     release_id : str
-        32 hex characters, deterministic from (pseudonym, stream, feature set, window index).
+        32 hex characters, keyed (``KeyProvider.tag``) over (device, stream, feature set, window
+        index): stable across re-processing, meaningless without the keys.
     device : str
         The device's pseudonym (never its id).
     values : ReleasedValues
@@ -95,9 +112,12 @@ class PrivateRelease:
     strategy : str
         ``"split"`` or ``"sample"``.
     budget : dict
-        Per accounting rule: ``epsilon``, ``spent``, ``remaining`` after this release.
+        Per accounting rule: ``epsilon``, ``spent``, ``remaining`` after this release (for
+        operators; not published: it would reveal the device's other streams).
     key_id : str
         Version of the noise key used (no secret).
+    plan : ReleasePlan
+        The compiled plan (the public description of how each feature was noised).
     """
 
     release_id: str
@@ -110,14 +130,15 @@ class PrivateRelease:
     delta: float
     mechanism: str
     strategy: str
-    budget: dict[str, Any]
-    key_id: str
-    feature_mechanisms: Mapping[str, str] = field(repr=False, compare=True)
-    feature_epsilon: Mapping[str, float] = field(repr=False, compare=True)
+    budget: dict[str, Any] = field(compare=False)
+    key_id: str = ""
+    feature_mechanisms: Mapping[str, str] = field(default_factory=dict, repr=False, compare=True)
+    feature_epsilon: Mapping[str, float] = field(default_factory=dict, repr=False, compare=True)
+    plan: ReleasePlan | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
-        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "plan"}
         out["values"] = self.values.to_dict()
         out["feature_mechanisms"] = dict(self.feature_mechanisms)
         out["feature_epsilon"] = dict(self.feature_epsilon)
@@ -130,7 +151,7 @@ class Suppression:
 
     release_id: str
     reason: str
-    event: dict[str, Any]
+    event: dict[str, Any] = field(compare=False)
 
 
 class PrivacyEngine:
@@ -149,7 +170,7 @@ class PrivacyEngine:
     def __init__(self, config: PrivacyConfig, keys: KeyProvider, ledger_state: dict[str, Any] | None = None) -> None:
         if not isinstance(keys, KeyProvider):
             raise PrivacyError(
-                f"keys must implement KeyProvider (noise_key, noise_key_version, pseudonym), got {type(keys).__name__}"
+                f"keys must implement KeyProvider (noise_key, noise_key_version, pseudonym, tag), got {type(keys).__name__}"
             )
         self.config = config
         self._keys = keys
@@ -161,6 +182,10 @@ class PrivacyEngine:
 
     def __repr__(self) -> str:
         return f"PrivacyEngine(epsilon={self.config.epsilon}, keys={self._keys!r})"
+
+    @property
+    def keys(self) -> KeyProvider:
+        return self._keys
 
     def plan(self, feature_set: str, specs: Sequence[FeatureSpec]) -> ReleasePlan:
         """The compiled (cached) plan of a feature set."""
@@ -174,6 +199,7 @@ class PrivacyEngine:
         self._plans[key] = (specs, plan)
         return plan
 
+    # ------------------------------------------------------------------ durable state
     def ledger_state(self, devices: Iterable[str] | None = None) -> dict[str, Any]:
         """The durable ledger as plain JSON-able data (pass back as ``ledger_state``).
 
@@ -185,9 +211,36 @@ class PrivacyEngine:
         """A new engine with this one's configuration and keys, restored from ``ledger_state``."""
         return PrivacyEngine(self.config, self._keys, ledger_state=ledger_state)
 
+    def take_unsaved_headers(self) -> set[str]:
+        """Devices whose header (lineage, day keys) changed and must be written ahead of their
+        next published release."""
+        return self._acct.take_unsaved_headers()
+
+    def headers(self, devices: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Plain-data headers of ``devices`` (what the worker writes ahead)."""
+        return self._acct.headers(devices)
+
+    def set_header(self, device_id: str, header: dict[str, Any]) -> None:
+        """Install a header read back from durable state."""
+        self._acct.set_header(device_id, header)
+
+    def has_ledger(self, device_id: str) -> bool:
+        return self._acct.device(device_id) is not None
+
+    def guard(self, device_id: str, until_ns: int) -> None:
+        """Suppress the device's windows ending at or before ``until_ns`` (``ledger_missing``)."""
+        self._acct.guard(device_id, until_ns)
+
     def budget(self, device_id: str, start_ns: int, end_ns: int) -> dict[str, Any]:
         """Spent and remaining epsilon per rule for a device, as a release over the span would see it."""
         return self._acct.assess(device_id, start_ns, end_ns, 0.0)[1]
+
+    def spent(self, device_id: str) -> dict[str, Any]:
+        """The device's spending (lifetime, delta, periods), for operators."""
+        return self._acct.spent(device_id)
+
+    def devices(self) -> list[str]:
+        return self._acct.devices()
 
     # ------------------------------------------------------------------ the hot path
     def privatize(self, req: ReleaseRequest) -> PrivateRelease | Suppression:
@@ -211,40 +264,39 @@ class PrivacyEngine:
                 f"{req.feature_set!r}: values must match specs one to one; unexpected {extra}, missing {sorted(set(plan.names) - set(req.values))}"
             )
         device = req.device_id
+        acct = self._acct
         pseud = self._keys.pseudonym(device)
         skey = f"{req.stream}\x00{req.feature_set}"
-        release_id = hashlib.sha256(f"{pseud}\x00{skey}\x00{req.window_index}".encode()).hexdigest()[:32]
-        st = self._acct.stream(device, skey)
+        release_id = self._keys.tag(device, b"release\x00%s\x00%d" % (skey.encode(), req.window_index))[:16].hex()
+        dev = acct.open_device(device)
+        st = dev.streams.get(skey)
         if st is not None and req.window_index <= st.last:
-            return self._replay(req, plan, st.recent.get(req.window_index), release_id, pseud)
-        if self._acct.is_late(device, req.start_ns):
+            return self._replay(req, plan, st.recent.get(req.window_index), release_id, pseud, dev.header.lineage)
+        if acct.is_late(device, req.end_ns):
             return self._suppress(req, skey, release_id, pseud, "late", {"retention_s": self.config.retention_s})
-        short, budget = self._acct.assess(device, req.start_ns, req.end_ns, plan.epsilon)
+        if dev.guard_ns is not None and req.end_ns <= dev.guard_ns:
+            return self._suppress(req, skey, release_id, pseud, "ledger_missing", {})
+        short, budget = acct.assess(device, req.start_ns, req.end_ns, plan.epsilon, plan.delta)
         if short is not None:
             detail = {"rule": short.rule, "epsilon_needed": short.needed, "epsilon_remaining": short.remaining}
             return self._suppress(req, skey, release_id, pseud, "budget_exhausted", detail)
-        key_id, dkey = self._keys.noise_key(device)
-        out, sel = self._noise(plan, req, dkey)
-        digest = _digest(out, sel)
-        self._acct.charge(
-            device,
-            skey,
-            req.window_index,
-            req.start_ns,
-            req.end_ns,
-            plan.epsilon,
-            plan.delta,
-            release_id,
-            key_id,
-            digest,
+        active, _ = self._keys.noise_key(device)
+        key_id = acct.key_for(device, req.start_ns // DAY_NS, active)
+        dkey = self._keys.noise_key_version(device, key_id)
+        if dkey is None:  # the day's key was retired: noising this day's windows under another key could re-noise one
+            return self._suppress(req, skey, release_id, pseud, "key_retired", {"key_id": key_id})
+        ident = identity_bytes(
+            device, req.stream, req.feature_set, req.window_index, dev.header.lineage, req.start_ns, req.end_ns, req.content
         )
-        rel = self._release(plan, req, pseud, release_id, out, sel, budget, key_id)
-        self._acct.stream(device, skey).recent[req.window_index].append(budget)  # type: ignore[union-attr]
+        out, sel = self._noise(plan, req, dkey, ident)
+        acct.charge(
+            device, skey, req.window_index, req.start_ns, req.end_ns, plan.epsilon, plan.delta, key_id,
+            _digest(dkey, ident, out, sel),
+        )
         self.stats["released"] += 1
-        return rel
+        return self._release(plan, req, pseud, release_id, out, sel, budget, key_id)
 
-    def _noise(self, plan: ReleasePlan, req: ReleaseRequest, dkey: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-        ident = identity_bytes(req.device_id, req.stream, req.feature_set, req.window_index)
+    def _noise(self, plan: ReleasePlan, req: ReleaseRequest, dkey: bytes, ident: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         h = self._hmacs.get(dkey)
         if h is None:
             if len(self._hmacs) >= 100_000:
@@ -283,28 +335,30 @@ class PrivacyEngine:
             key_id=key_id,
             feature_mechanisms=plan.feature_mechanisms,
             feature_epsilon=plan.feature_epsilon,
+            plan=plan,
         )
 
     def _replay(
-        self, req: ReleaseRequest, plan: ReleasePlan, outcome: list[Any] | None, release_id: str, pseud: str
+        self, req: ReleaseRequest, plan: ReleasePlan, outcome: Outcome | None, release_id: str, pseud: str, lineage: str
     ) -> PrivateRelease | Suppression:
         self.stats["replayed"] += 1
         if outcome is None:
             return Suppression(release_id, "replay_unknown", self._event(req, release_id, pseud, "replay_unknown", {}))
-        if outcome[0] == "suppressed":
-            return Suppression(outcome[1], outcome[2], outcome[4])
-        _, rid, cost, key_id, digest, _, *rest = outcome
-        dkey = self._keys.noise_key_version(req.device_id, key_id)
+        if isinstance(outcome, Suppressed):
+            return Suppression(release_id, outcome.reason, self._event(req, release_id, pseud, outcome.reason, {}))
+        dkey = self._keys.noise_key_version(req.device_id, outcome.key_id)
         if dkey is None:
-            return Suppression(
-                rid, "replay_key_retired", self._event(req, rid, pseud, "replay_key_retired", {"key_id": key_id})
-            )
-        out, sel = self._noise(plan, req, dkey)
-        if _digest(out, sel) != digest or to_epsilon(cost) < plan.epsilon - 1e-9:
+            event = self._event(req, release_id, pseud, "replay_key_retired", {"key_id": outcome.key_id})
+            return Suppression(release_id, "replay_key_retired", event)
+        ident = identity_bytes(
+            req.device_id, req.stream, req.feature_set, req.window_index, lineage, req.start_ns, req.end_ns, req.content
+        )
+        out, sel = self._noise(plan, req, dkey, ident)
+        if _digest(dkey, ident, out, sel) != outcome.digest or outcome.cost < _cost_units(plan.epsilon):
             # Same identity, different data or configuration: publishing would leak the difference.
-            return Suppression(rid, "replay_mismatch", self._event(req, rid, pseud, "replay_mismatch", {}))
-        budget = rest[0] if rest else self.budget(req.device_id, req.start_ns, req.end_ns)
-        return self._release(plan, req, pseud, rid, out, sel, budget, key_id)
+            return Suppression(release_id, "replay_mismatch", self._event(req, release_id, pseud, "replay_mismatch", {}))
+        budget = self.budget(req.device_id, req.start_ns, req.end_ns)
+        return self._release(plan, req, pseud, release_id, out, sel, budget, outcome.key_id)
 
     def _event(
         self, req: ReleaseRequest, release_id: str, pseud: str, reason: str, detail: dict[str, Any]
@@ -317,9 +371,6 @@ class PrivacyEngine:
             "device": pseud,
             "stream": req.stream,
             "feature_set": req.feature_set,
-            "window_index": req.window_index,
-            "start_ns": req.start_ns,
-            "end_ns": req.end_ns,
             **detail,
         }
 
@@ -327,16 +378,17 @@ class PrivacyEngine:
         self, req: ReleaseRequest, skey: str, release_id: str, pseud: str, reason: str, detail: dict[str, Any]
     ) -> Suppression:
         event = self._event(req, release_id, pseud, reason, detail)
-        self._acct.record_suppression(req.device_id, skey, req.window_index, req.end_ns, release_id, reason, event)
+        self._acct.record_suppression(req.device_id, skey, req.window_index, req.end_ns, reason)
         self.stats["suppressed"] += 1
         return Suppression(release_id, reason, event)
 
 
-def _digest(out: np.ndarray, sel: np.ndarray | None) -> str:
-    h = hashlib.blake2b(out.tobytes(), digest_size=12)
-    if sel is not None:
-        h.update(sel.astype("<i8").tobytes())
-    return h.hexdigest()
+def _digest(dkey: bytes, ident: bytes, out: np.ndarray, sel: np.ndarray | None) -> str:
+    """Keyed digest of the *released* values (only the sampled ones under ``sample``): the ledger
+    can recognize a replay of the same data, and a reader of the ledger learns nothing from it."""
+    released = out if sel is None else out[sel]
+    tail = b"" if sel is None else sel.astype("<i8").tobytes()
+    return hmac.digest(dkey, b"biopriv/digest/1\x00" + ident + b"\x00" + released.tobytes() + tail, hashlib.sha256)[:16].hex()
 
 
 def _check_request(req: ReleaseRequest) -> None:

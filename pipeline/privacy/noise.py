@@ -1,12 +1,15 @@
 """Replay-safe randomness: a ChaCha20 keystream keyed by the release identity, and samplers.
 
 The noise of a release is a deterministic function of a per-device secret key and the release
-identity ``(device, stream, feature_set, window_index)``:
+identity: the window's place ``(device, stream, feature_set, window_index)``, the device ledger's
+random *lineage*, and what the window contains (its capture span, segment and gaps,
+:meth:`pipeline.windows.Window.content_id`):
 
 ``release_key = HMAC-SHA256(device_key, identity)``, keystream = ChaCha20(release_key, nonce 0).
 
 Re-processing the same window therefore yields bit-identical noise (no averaging attack), while a
-different key or window gives computationally independent noise.
+different key, window, lineage or content gives computationally independent noise: a window index
+that comes to cover other data (a lost ledger, a rebuilt grid, a reboot) never reuses noise.
 
 Samplers work on integers of a declared grid (Mironov 2012: the output set never depends on the
 input's floating-point representation). Uniforms carry 52 random bits, ``(r + 1/2) 2^-52`` with
@@ -27,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from pipeline.errors import PrivacyError
 
 #: Version tag of the keystream layout; part of every release identity.
-LAYOUT = b"biopriv-noise/1"
+LAYOUT = b"biopriv-noise/2"
 _NONCE = bytes(16)
 _SHIFT = np.uint64(12)
 _ONE_BITS = np.uint64(0x3FF0000000000000)
@@ -35,10 +38,23 @@ _ONE_MINUS_HALF_ULP = 1.0 - 2.0**-53
 _zeros = memoryview(bytes(1 << 16))
 
 
-def identity_bytes(device_id: str, stream: str, feature_set: str, window_index: int) -> bytes:
-    """Canonical bytes of a release identity (NUL-separated, so fields cannot run together)."""
+def identity_bytes(
+    device_id: str,
+    stream: str,
+    feature_set: str,
+    window_index: int,
+    lineage: str = "",
+    start_ns: int = 0,
+    end_ns: int = 0,
+    content: bytes = b"",
+) -> bytes:
+    """Canonical bytes of a release identity (NUL-separated, so fields cannot run together;
+    ``content`` last, so its own bytes cannot shift the others)."""
     return b"\x00".join(
-        (LAYOUT, device_id.encode(), stream.encode(), feature_set.encode(), str(int(window_index)).encode())
+        (
+            LAYOUT, device_id.encode(), stream.encode(), feature_set.encode(), b"%d" % int(window_index),
+            lineage.encode(), b"%d" % start_ns, b"%d" % end_ns, content,
+        )
     )
 
 

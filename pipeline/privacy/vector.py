@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -232,6 +232,7 @@ class ReleasePlan:
         need = max(impl.uniforms for impl, _, _ in self.groups)
         self._sample_row = 1 + need if strategy == "sample" else None
         self._rows = 1 + need + (strategy == "sample")
+        self._docs: dict[str, dict[str, Any]] | None = None
         self._compile_fast_path(specs)
 
     def _compile_fast_path(self, specs: Sequence[FeatureSpec]) -> None:
@@ -331,6 +332,26 @@ class ReleasePlan:
     @property
     def grid_steps(self) -> int:
         return self._grid_steps
+
+    def describe(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The public description of how each of ``names`` is noised: mechanism, epsilon, and the
+        bounds and grid (numeric) or the categories (binary, categorical). What an estimator
+        needs; nothing about the data."""
+        docs = self._docs
+        if docs is None:
+            docs = self._docs = {}
+            by_name = {s.name: s for s in self.specs}
+            for name in self.names:
+                s = by_name[name]
+                doc: dict[str, Any] = {"mechanism": self.feature_mechanisms[name], "epsilon": self.feature_epsilon[name]}
+                if s.kind == "numeric":
+                    doc.update(lower=s.lower, upper=s.upper, grid_steps=self._grid_steps, unit=s.unit)
+                    if name in self.sigma_steps:
+                        doc["sigma_steps"] = self.sigma_steps[name]
+                else:
+                    doc["categories"] = list(s.categories) if s.kind == "categorical" else ["0", "1"]
+                docs[name] = doc
+        return {n: docs[n] for n in names}
 
     def values(self, out: np.ndarray, sel: np.ndarray | None) -> ReleasedValues:
         """Released values keyed by feature name (only the sampled ones under ``sample``)."""

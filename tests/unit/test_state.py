@@ -9,7 +9,20 @@ from hypothesis import strategies as st
 from pipeline.errors import FrameError, StateError
 from pipeline.frames import decode_frame
 from pipeline.processor import FrameRef
-from pipeline.state import ResumeTracker, device_record, load_partition, merge_ledger, resume_record, split_ledger
+from pipeline.state import (
+    ResumeTracker,
+    StateCipher,
+    check_fingerprints,
+    check_layout,
+    device_record,
+    header_record,
+    keys_record,
+    layout_record,
+    load_partition,
+    merge_ledger,
+    resume_record,
+    split_ledger,
+)
 
 TP = ("raw.eeg", 0)
 
@@ -58,11 +71,46 @@ def test_records_round_trip_latest_wins() -> None:
     with pytest.raises(StateError, match="not JSON"):
         load_partition([(b"d:a", b"{")])
     with pytest.raises(StateError, match="kind"):
-        load_partition([(b"d:a", b'{"v": 1, "kind": "other"}')])
+        load_partition([(b"d:a", b'{"v": 2, "kind": "other"}')])
+    with pytest.raises(StateError, match="older biopriv"):
+        load_partition([(b"d:a", b'{"v": 1, "kind": "device"}')])
+
+
+def test_sealed_records_open_only_with_the_same_keys_and_record_key() -> None:
+    from pipeline.privacy import KeyRing
+
+    keys = KeyRing.generate()
+    cipher = StateCipher(keys)
+    ledger = {"entries": [[1, 2, 3]], "secret-ish": "digest"}
+    key, value = device_record("dev-a", ledger, None, cipher)
+    assert b"digest" not in value and b"entries" not in value and b"dev-a" not in value.replace(key, b"")
+    hk, hv = header_record("dev-a", {"lineage": "ab" * 16, "keys": {"20000": "n1"}}, cipher)
+    ps = load_partition([(key, value), (hk, hv)], cipher)
+    assert ps.devices == {"dev-a": ledger} and ps.headers == {"dev-a": {"lineage": "ab" * 16, "keys": {"20000": "n1"}}}
+    with pytest.raises(StateError, match="another key file"):
+        load_partition([(key, value)], StateCipher(KeyRing.generate()))
+    with pytest.raises(StateError, match="does not open"):  # moved to another device's key
+        load_partition([(b"d:dev-b", value)], cipher)
+
+
+def test_layout_and_fingerprint_checks_refuse_with_a_clear_message() -> None:
+    from pipeline.privacy import KeyRing
+
+    ps = load_partition([layout_record({"raw.eeg": 6, "raw.bio": 6}), keys_record({"noise:n1": "aa", "pseudonym:p1": "bb"})])
+    check_layout(ps.layout, {"raw.eeg": 6, "raw.bio": 6})
+    with pytest.raises(StateError, match=r"repartitioned .*raw.bio: 6 -> 12"):
+        check_layout(ps.layout, {"raw.eeg": 6, "raw.bio": 12})
+    check_fingerprints(ps.fingerprints, {"noise:n1": "aa", "noise:n2": "cc", "pseudonym:p1": "bb"})  # a rotation
+    with pytest.raises(StateError, match="noise:n1"):
+        check_fingerprints(ps.fingerprints, {"noise:n1": "zz", "pseudonym:p1": "bb"})
+    with pytest.raises(StateError, match="differs from the one that wrote"):
+        check_fingerprints(ps.fingerprints, KeyRing.generate().fingerprints())
+    with pytest.raises(StateError, match="shares no key"):
+        check_fingerprints(ps.fingerprints, {"noise:n7": "aa"})
 
 
 def test_merge_and_split_ledger() -> None:
-    state = {"format": "biopriv-ledger/1", "units_per_epsilon": 10**9, "devices": {"a": {"n": 1}, "b": {"n": 2}}}
+    state = {"format": "biopriv-ledger/2", "units_per_epsilon": 10**9, "devices": {"a": {"n": 1}, "b": {"n": 2}}}
     assert split_ledger(state, ["a", "zz"]) == {"a": {"n": 1}}
     merged = merge_ledger(state, {"c": {"n": 3}, "b": {"n": 9}}, drop={"a"})
     assert merged["devices"] == {"b": {"n": 9}, "c": {"n": 3}}
@@ -128,7 +176,11 @@ def _run_until_crash(tmp_path, with_anchors: bool) -> tuple[list, list, int]:
         tracker.observe(TP, off, a.process(v, k).frame)
     ledger = split_ledger(a.engine.ledger_state(), {"eeg-r"})
     anchors = a.anchors("eeg-r") if with_anchors else None
-    ps = load_partition([device_record("eeg-r", ledger["eeg-r"], anchors), resume_record(TP[0], 0, tracker.resume_offsets()[TP])])
+    cipher = StateCipher(keys)
+    ps = load_partition(
+        [device_record("eeg-r", ledger["eeg-r"], anchors, cipher), resume_record(TP[0], 0, tracker.resume_offsets()[TP])],
+        cipher,
+    )
     released_a = [json.loads(r.value) for v, k in frames[checkpoint_at:] for r in a.process(v, k).releases]
     # B: load the ledger and the grid anchors, re-feed [resume, checkpoint) discarding, then go on
     b = new()
@@ -149,7 +201,7 @@ def test_rebuild_after_a_rate_change_restores_the_window_grid(tmp_path) -> None:
     assert released_a and released_b == released_a
     # without the anchor (the record format before this fix) the rebuilt grid is re-indexed
     _a, without, _r = _run_until_crash(tmp_path, with_anchors=False)
-    assert [d["window_index"] for d in without] != [d["window_index"] for d in released_a]
+    assert [d["release_id"] for d in without] != [d["release_id"] for d in released_a]
 
 
 def test_device_record_with_anchors_only_and_latest_wins() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.features.spec import FeatureSpec
-from pipeline.privacy import KeyRing, ReleaseRequest
+from pipeline.privacy import KeyRing, PrivacyEngine, ReleaseRequest
 
 SEC = 1_000_000_000
 
@@ -11,6 +11,17 @@ SEC = 1_000_000_000
 def fixed_keys(tag: bytes = b"a") -> KeyRing:
     """Keys from a fixed seed, so that tests are reproducible."""
     return KeyRing({"n1": tag * 32}, {"p1": b"p" * 32}, "n1", "p1")
+
+
+#: A fixed device lineage, so that releases of a fresh engine are reproducible in tests (a real
+#: ledger draws it at random).
+LINEAGE = "ab" * 16
+
+
+def pinned(engine: PrivacyEngine, device: str = "dev-1", lineage: str = LINEAGE) -> PrivacyEngine:
+    """``engine`` with ``device``'s ledger lineage fixed (as if restored from durable state)."""
+    engine.set_header(device, {"lineage": lineage, "keys": {}})
+    return engine
 
 
 SPECS = (

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.privacy import PeriodRule, PrivacyConfig, WEventRule
-from pipeline.privacy.accountant import Accountant, to_units
+from pipeline.privacy.accountant import Accountant, Suppressed, to_units
 
 SEC = 1_000_000_000
 
@@ -18,7 +18,7 @@ def _config(**kw: object) -> PrivacyConfig:
 
 
 def _charge(acc: Accountant, w: int, start: int, end: int, eps: float, stream: str = "s") -> None:
-    acc.charge("d", stream, w, start, end, eps, 0.0, f"r{stream}{w}", "n1", "x")
+    acc.charge("d", stream, w, start, end, eps, 0.0, "n1", "x")
 
 
 def test_overlapping_windows_are_each_charged() -> None:
@@ -80,9 +80,9 @@ def test_period_budget_renews_and_lifetime_caps() -> None:
         out.append(None if short is None else short.rule)
         if short is None:
             _charge(acc, w, start, start + SEC, 0.5)
-    # ends at 1..30 s; periods [0,10), [10,20), [20,30), [30,...): 2 releases each, lifetime 5 releases
-    assert [i for i, r in enumerate(out) if r is None] == [0, 1, 9, 10, 19]
-    assert out[2] == "period" and out[20] == "lifetime"
+    # spans [w, w + 1) s lie in periods [0,10), [10,20), [20,30): 2 releases each, lifetime 5 releases
+    assert [i for i, r in enumerate(out) if r is None] == [0, 1, 10, 11, 20]
+    assert out[2] == "period" and out[21] == "lifetime"
     assert acc.assess("d", 40 * SEC, 41 * SEC, 0.0)[1]["lifetime"] == {"epsilon": 2.5, "spent": 2.5, "remaining": 0.0}
 
 
@@ -100,13 +100,33 @@ def test_state_round_trip_preserves_decisions() -> None:
     acc = Accountant(cfg)
     for w in range(3):
         _charge(acc, w, w * SEC, w * SEC + 4 * SEC, 0.5)
-    acc.record_suppression("d", "s", 3, 7 * SEC, "rx", "budget_exhausted", {"type": "budget_exhausted"})
+    acc.record_suppression("d", "s", 3, 7 * SEC, "budget_exhausted")
     state = acc.state()
     restored = Accountant(cfg, state)
     assert restored.state() == state
     for start in (0, 2 * SEC, 10 * SEC, 20 * SEC):
         assert restored.assess("d", start, start + 4 * SEC, 0.5) == acc.assess("d", start, start + 4 * SEC, 0.5)
-    assert restored.stream("d", "s").recent[3][0] == "suppressed"  # type: ignore[union-attr]
+    assert restored.stream("d", "s").recent[3] == Suppressed("budget_exhausted", 7 * SEC)  # type: ignore[union-attr]
+    assert restored.device("d").header == acc.device("d").header  # type: ignore[union-attr]
+
+
+def test_a_span_over_a_period_boundary_is_charged_to_every_period_it_meets() -> None:
+    acc = Accountant(_config(w_event=None, period=PeriodRule(1.0, 10.0)))
+    _charge(acc, 0, 8 * SEC, 12 * SEC, 0.75)  # meets [0, 10) and [10, 20)
+    assert acc.shortfall("d", 2 * SEC, 4 * SEC, 0.5).rule == "period"  # type: ignore[union-attr]
+    assert acc.shortfall("d", 14 * SEC, 16 * SEC, 0.5).rule == "period"  # type: ignore[union-attr]
+    assert acc.shortfall("d", 20 * SEC, 22 * SEC, 0.5) is None
+    _charge(acc, 1, 19 * SEC, 20 * SEC, 0.25)  # ends exactly at 20 s (exclusive): period [10, 20) only
+    assert acc.shortfall("d", 20 * SEC, 22 * SEC, 1.0) is None
+
+
+def test_delta_is_capped_over_the_lifetime() -> None:
+    acc = Accountant(_config(w_event=None, delta=1e-7, n_devices=10, delta_cap=3e-7))
+    for w in range(3):
+        assert acc.shortfall("d", w * SEC, (w + 1) * SEC, 0.1, 1e-7) is None
+        acc.charge("d", "s", w, w * SEC, (w + 1) * SEC, 0.1, 1e-7, "n1", "x")
+    assert acc.shortfall("d", 5 * SEC, 6 * SEC, 0.1, 1e-7).rule == "delta"  # type: ignore[union-attr]
+    assert acc.shortfall("d", 5 * SEC, 6 * SEC, 0.1, 0.0) is None  # pure-epsilon releases still pay
 
 
 def test_memory_is_bounded_and_late_releases_are_flagged() -> None:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from privacy_helpers import SPECS, fixed_keys, request
+from privacy_helpers import SPECS, fixed_keys, pinned, request
 
 from pipeline.errors import PrivacyError
 from pipeline.features.spec import FeatureSpec
@@ -23,8 +23,8 @@ def _release(engine: PrivacyEngine, w: int, **kw: object) -> PrivateRelease:
 
 def test_same_identity_and_key_give_bit_identical_release(keys) -> None:
     cfg = PrivacyConfig(epsilon=1.0, strategy="split", w_event=None)
-    a = _release(PrivacyEngine(cfg, keys), 5)
-    b = _release(PrivacyEngine(cfg, fixed_keys()), 5)
+    a = _release(pinned(PrivacyEngine(cfg, keys)), 5)
+    b = _release(pinned(PrivacyEngine(cfg, fixed_keys())), 5)
     assert a == b
     assert np.array_equal(a.values.array.view(np.uint64), b.values.array.view(np.uint64))
     assert len(a.release_id) == 32 and a.device == fixed_keys().pseudonym("dev-1")
@@ -81,6 +81,8 @@ def test_unknown_old_window_is_suppressed(engine: PrivacyEngine) -> None:
 
 
 def test_key_rotation_keeps_replays_and_changes_new_noise(keys) -> None:
+    """A rotation takes effect at the device's next UTC day: its windows of the current day keep
+    the day's key, so a window re-processed after a crash is never noised under another key."""
     cfg = PrivacyConfig(epsilon=1.0, strategy="split", w_event=None)
     e = PrivacyEngine(cfg, keys)
     r0 = _release(e, 0)
@@ -88,7 +90,8 @@ def test_key_rotation_keeps_replays_and_changes_new_noise(keys) -> None:
     rotated = keys.rotated("noise")
     e2 = PrivacyEngine(cfg, rotated, ledger_state=state)
     assert e2.privatize(request(0)) == r0
-    assert _release(e2, 1).key_id == "n2"
+    assert _release(e2, 1).key_id == "n1"  # same day
+    assert _release(e2, 2, t0=(1_700_000_000 + 86_400) * 1_000_000_000).key_id == "n2"  # the next day
     retired = PrivacyEngine(cfg, keys.rotated("noise", retire_old=True), ledger_state=state)
     out = retired.privatize(request(0))
     assert isinstance(out, Suppression) and out.reason == "replay_key_retired"
