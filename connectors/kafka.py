@@ -319,8 +319,8 @@ def _diagnose(bootstrap: str, security: ClientSecurity) -> str:
             return f"the TLS handshake failed ({exc.reason or exc}): is it a TLS listener?"
         except (OSError, ValueError):
             continue
-        return (f"TLS works but the broker did not accept {security.describe()}: check security.protocol "
-                "and sasl.mechanism match the listener")
+        return (f"TLS works but the broker did not accept {security.describe()}: check sasl.username, "
+                "sasl.password, and that security.protocol and sasl.mechanism match the listener")
     return f"no TLS connection could be opened to {bootstrap}"
 
 
@@ -361,13 +361,16 @@ def broker_errors(bootstrap: str, security: ClientSecurity | None = None, action
     except ssl.SSLError as exc:
         raise BrokerError(f"Kafka at {bootstrap}: TLS failed for {sec.describe()}{doing}: {exc}") from None
     except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        why = _diagnose(bootstrap, sec) if sec.protocol != "PLAINTEXT" and _REFUSED.count == seen else ""
+        if why.startswith("TLS works") and sec.sasl:
+            _retry_login(bootstrap, sec)  # a slow login may have lost the race against the bootstrap timeout
         if _REFUSED.count > seen:  # kafka-python logs the refused login and reports a timeout
             raise BrokerError(
                 f"Kafka at {bootstrap} refused the {sec.sasl_mechanism} login of {sec.principal}{doing}: "
                 f"{_REFUSED.last}; check sasl.username and sasl.password ({sec.source})"
             ) from None
-        if sec.protocol != "PLAINTEXT":
-            raise BrokerError(f"Kafka at {bootstrap}{doing}: {_diagnose(bootstrap, sec)} ({exc})") from None
+        if why:
+            raise BrokerError(f"Kafka at {bootstrap}{doing}: {why} ({exc})") from None
         if _tcp_reachable(bootstrap, 1.0):
             raise BrokerError(
                 f"Kafka at {bootstrap}{doing}: a server listens but did not answer Kafka requests in PLAINTEXT "
@@ -398,6 +401,16 @@ class _RefusedLogins(logging.Handler):
 
 
 _REFUSED = _RefusedLogins()
+
+
+def _retry_login(bootstrap: str, security: ClientSecurity, timeout_s: float = 15.0) -> None:
+    """Log in once more with a longer timeout, so that a refused login is recorded by :data:`_REFUSED`."""
+    from kafka.errors import KafkaError
+
+    try:
+        admin_client(bootstrap, security, bootstrap_timeout_ms=int(timeout_s * 1000)).close()
+    except KafkaError:
+        pass
 
 
 def make_producer(bootstrap: str = DEFAULT_BOOTSTRAP, *, security: ClientSecurity | None = None, **overrides: Any) -> Any:
