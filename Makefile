@@ -44,4 +44,5 @@ broker-down:
 
 clean:
 	-bash deploy/kafka/local.sh down
-	rm -rf $(VENV) .kafka .biopriv demo-data build *.egg-info .pytest_cache .hypothesis
+	-bash deploy/kafka/local.sh down --secure
+	rm -rf $(VENV) .kafka .kafka-secure .biopriv demo-data build *.egg-info .pytest_cache .hypothesis

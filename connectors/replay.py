@@ -35,6 +35,7 @@ import numpy as np
 
 from connectors.kafka import RAW_TOPICS
 from connectors.recordings import Recording, StreamData
+from connectors.security import ClientSecurity
 from pipeline.errors import BrokerError, ConfigError
 from pipeline.frames import MAX_SAMPLES_PER_FRAME, Frame, encode_frame, make_frame
 from pipeline.validation import check_option, check_range
@@ -335,12 +336,13 @@ class KafkaSender:
     :class:`BrokerError` by :meth:`flush`.
     """
 
-    def __init__(self, bootstrap: str, **overrides: Any) -> None:
-        from connectors.kafka import make_producer
+    def __init__(self, bootstrap: str, *, security: ClientSecurity | None = None, **overrides: Any) -> None:
+        from connectors.kafka import make_producer, resolve_security
 
         self.bootstrap = bootstrap
+        self.security = resolve_security(security)
         settings = {"max_block_ms": 15000, **overrides}
-        self._producer = make_producer(bootstrap, **settings)
+        self._producer = make_producer(bootstrap, security=self.security, **settings)
         self.errors = 0
         self.first_error: str | None = None
 
@@ -353,7 +355,7 @@ class KafkaSender:
         """Fetch the metadata of ``topics`` now, so the first sends of a paced replay do not wait."""
         from connectors.kafka import broker_errors
 
-        with broker_errors(self.bootstrap):
+        with broker_errors(self.bootstrap, self.security, "fetch topic metadata"):
             for t in topics:
                 self._producer.partitions_for(t)
 
@@ -361,14 +363,14 @@ class KafkaSender:
         """Hand the message to the producer (asynchronous)."""
         from connectors.kafka import broker_errors
 
-        with broker_errors(self.bootstrap):
+        with broker_errors(self.bootstrap, self.security, f"write {topic}"):
             self._producer.send(topic, key=key, value=value).add_errback(self._on_error)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for delivery of everything sent; raise :class:`BrokerError` if any failed."""
         from connectors.kafka import broker_errors
 
-        with broker_errors(self.bootstrap):
+        with broker_errors(self.bootstrap, self.security, "flush"):
             self._producer.flush(timeout=60.0 if timeout_s is None else timeout_s)
         if self.errors:
             raise BrokerError(f"{self.errors} frame(s) were not delivered to {self.bootstrap}: {self.first_error}")
@@ -378,7 +380,8 @@ class KafkaSender:
         self._producer.close(timeout=5)
 
 
-def prepare_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 5.0) -> list[str]:
+def prepare_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 5.0, *,
+                   security: ClientSecurity | None = None) -> list[str]:
     """Check the broker answers and create the missing ``topics``; return the names created.
 
     Project topics get their project settings (:func:`connectors.kafka.project_topics`), others
@@ -386,9 +389,9 @@ def prepare_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 5.0
     """
     from connectors.kafka import TopicSpec, check_broker, ensure_topics, project_topics
 
-    check_broker(bootstrap, timeout_s=timeout_s)
+    check_broker(bootstrap, timeout_s=timeout_s, security=security)
     known = {t.name: t for t in project_topics()}
-    return ensure_topics(bootstrap, [known.get(t, TopicSpec(t)) for t in sorted(set(topics))])
+    return ensure_topics(bootstrap, [known.get(t, TopicSpec(t)) for t in sorted(set(topics))], security=security)
 
 
 class EpochClock:

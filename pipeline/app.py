@@ -65,6 +65,7 @@ tried and are not used (``docs/operations.md``, "exactly_once").
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -86,6 +87,7 @@ from connectors.kafka import (
     async_producer,
     read_partition,
 )
+from connectors.security import ClientSecurity
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import ResumeTracker, device_record, load_partition, merge_ledger, resume_record, split_ledger
 
@@ -111,6 +113,8 @@ class WorkerSettings:
     """Everything a worker needs to start; defaults suit the local broker."""
 
     bootstrap: str = DEFAULT_BOOTSTRAP
+    #: TLS/SASL of every Kafka client of the worker; None: the environment's (connectors.security).
+    security: ClientSecurity | None = None
     group: str = "biopriv-worker"
     topics: Topics = field(default_factory=Topics)
     partitions: int = DEFAULT_PARTITIONS
@@ -186,10 +190,10 @@ class StreamWorker(Service):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.producer = async_producer(s.bootstrap)
+        self.producer = async_producer(s.bootstrap, security=s.security)
         await self.producer.start()
         self.consumer = async_consumer(
-            s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self),
+            s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self), security=s.security,
             max_partition_fetch_bytes=s.fetch_bytes_per_partition,
             fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=int(s.session_timeout_s * 1000),
@@ -390,10 +394,11 @@ class StreamWorker(Service):
         """Load the partition's ledger (once per partition number) and rebuild its windows."""
         loop = asyncio.get_running_loop()
         bootstrap, state_topic = self.settings.bootstrap, self.settings.topics.state
+        read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
         t0 = time.monotonic()
         if partition not in self.loaded:
-            records = await loop.run_in_executor(None, read_partition, bootstrap, state_topic, partition)
+            records = await loop.run_in_executor(None, read, bootstrap, state_topic, partition)
             ps = load_partition((k, v) for k, v, _o in records)
             self.processor.forget_devices(set(ps.devices) | set(ps.windows))
             for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
@@ -404,7 +409,7 @@ class StreamWorker(Service):
                      partition, ps.records, len(ps.devices), ps.resume)
         start = self.loaded[partition].get(topic, 0)
         if start < first_offset:
-            frames = await loop.run_in_executor(None, read_partition, bootstrap, topic, partition, start, first_offset)
+            frames = await loop.run_in_executor(None, read, bootstrap, topic, partition, start, first_offset)
             before = (self.processor.stats.releases, self.processor.stats.replayed)
             for key, value, offset in frames:
                 try:

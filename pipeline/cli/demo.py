@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from connectors.kafka import DEFAULT_BOOTSTRAP
+from pipeline.cli.options import add_client_options, client_argv, client_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=2, help="simulated devices per modality (default %(default)s)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds of recording to replay (default %(default)s)")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed, 1 = real time (default %(default)s)")
-    p.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP, help="Kafka bootstrap server (default %(default)s)")
+    add_client_options(p)
     p.add_argument("--workdir", type=Path, default=Path(".biopriv/demo"), help="recordings, keys and logs (default %(default)s)")
     p.add_argument("--keep-broker", action="store_true", help="leave the broker running if the demo started it")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not every release")
@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.cli.kafka import run_script
     from pipeline.errors import BrokerError
 
+    security = client_options(args)
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"biopriv demo: {args.devices} devices per modality, {args.seconds:g} s at speed {args.speed:g}")
@@ -80,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
     # 2. Broker.
     started_broker = False
     try:
-        check_broker(args.bootstrap, timeout_s=2)
+        check_broker(args.bootstrap, timeout_s=2, security=security)
         print(f"  broker: using the one answering on {args.bootstrap}")
     except BrokerError:
+        if security.protocol != "PLAINTEXT":  # a secured broker is never replaced by the local plain one
+            raise
         print("  broker: starting the local broker (first run assembles it from Maven Central)")
         if run_script("up") != 0:
             print("biopriv: error: the broker did not start (see deploy/kafka/local.sh logs)", file=sys.stderr)
@@ -91,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
 
     run_id = uuid.uuid4().hex[:8]
     topics = Topics.with_prefix(f"demo-{run_id}.")
-    ensure_topics(args.bootstrap, topics.specs(partitions=3))
+    ensure_topics(args.bootstrap, topics.specs(partitions=3), security=security)
     worker_log = workdir / "worker.log"
     worker = None
     try:
         # 3. Worker.
         with open(worker_log, "wb") as fh:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "worker", "--bootstrap", args.bootstrap,
+                [sys.executable, "-m", "pipeline.cli", "worker", *client_argv(args),
                  "--group", f"demo-{run_id}", "--topic-prefix", topics.prefix, "--partitions", "3",
                  "--key-file", str(workdir / "keys.json"), "--data-dir", str(workdir / "worker"),
                  "--stats-interval", "5"],
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  worker: pid {worker.pid}, log {worker_log}")
 
         # 4. Consumer of releases, then replay in a thread.
-        consumer = make_consumer([topics.private], args.bootstrap)
+        consumer = make_consumer([topics.private], args.bootstrap, security=security)
         consumer.poll(timeout_ms=1000)  # join and get assignments before frames flow
         recordings = [open_recording(p) for p in paths]
         n_devices = args.devices * len(recordings)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         result: dict[str, Any] = {}
 
         def do_replay() -> None:
-            sender = KafkaSender(args.bootstrap)
+            sender = KafkaSender(args.bootstrap, security=security)
             try:
                 result["summary"] = replay(clipped, config, sender)
             except Exception as exc:  # noqa: BLE001 - reported below
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
         try:
-            delete_topics(args.bootstrap, [s.name for s in topics.specs()])
+            delete_topics(args.bootstrap, [s.name for s in topics.specs()], security=security)
         except BrokerError:
             pass
         if started_broker and not args.keep_broker:

@@ -31,7 +31,7 @@ ones. Ctrl-C stops cleanly, prints the summary and exits with 130.
 
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
-    from connectors.kafka import DEFAULT_BOOTSTRAP
+    from pipeline.cli.options import add_client_options
 
     p = subparsers.add_parser(
         "replay",
@@ -111,12 +111,7 @@ def register(subparsers: Any) -> None:
         metavar="MODALITY=TOPIC",
         help="send a modality (eeg, audio, bio) to another topic than its raw topic (repeatable)",
     )
-    p.add_argument(
-        "--bootstrap",
-        default=DEFAULT_BOOTSTRAP,
-        metavar="HOST:PORT",
-        help=f"Kafka bootstrap server (default {DEFAULT_BOOTSTRAP}, or $BIOPRIV_BOOTSTRAP)",
-    )
+    add_client_options(p)
     p.add_argument("--json-summary", default=None, metavar="FILE", help="also write the final report as JSON to FILE")
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     p.set_defaults(func=run)
@@ -203,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
         target_frame_rate,
         total_frames,
     )
+    from pipeline.cli.options import client_options
 
+    security = client_options(args)
     config = build_config(args)
     if args.device_prefix and not all(c.isalnum() or c in "._:@-" for c in args.device_prefix):
         raise ConfigError(f"--device-prefix may hold only letters, digits and ._:@-, got {args.device_prefix!r}")
@@ -211,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_replay(recordings, config)
     target = target_frame_rate(plan, config.speed)
     total = total_frames(plan)
-    prepare_topics(args.bootstrap, {ds.topic for ds in plan})
+    prepare_topics(args.bootstrap, {ds.topic for ds in plan}, security=security)
     streams = sorted({f"{ds.data.name}@{ds.data.rate:g}Hz" for ds in plan})
     print(
         f"replaying {len(recordings)} recording(s) as {config.devices} device(s): {', '.join(streams)}; "
@@ -219,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         + (f", target {target:.1f} frames/s" if target else ", as fast as possible"),
         file=sys.stderr,
     )
-    sender = KafkaSender(args.bootstrap)
+    sender = KafkaSender(args.bootstrap, security=security)
     sender.warm_up({ds.topic for ds in plan})
     stop = threading.Event()
     previous = _install_sigint(stop)

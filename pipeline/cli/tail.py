@@ -29,7 +29,8 @@ FEATURES_SHOWN = 4
 
 def register(subparsers: Any) -> None:
     """Add the ``tail`` subcommand."""
-    from connectors.kafka import DEFAULT_BOOTSTRAP, PRIVATE_TOPIC
+    from connectors.kafka import PRIVATE_TOPIC
+    from pipeline.cli.options import add_client_options
 
     p = subparsers.add_parser(
         "tail",
@@ -39,12 +40,7 @@ def register(subparsers: Any) -> None:
         "group, so it never disturbs other consumers. Stops on Ctrl-C, after --max releases or after "
         "--timeout seconds without a new one.",
     )
-    p.add_argument(
-        "--bootstrap",
-        default=DEFAULT_BOOTSTRAP,
-        metavar="HOST:PORT",
-        help=f"Kafka bootstrap server (default {DEFAULT_BOOTSTRAP}, or $BIOPRIV_BOOTSTRAP)",
-    )
+    add_client_options(p)
     p.add_argument("--modality", choices=("eeg", "audio", "bio"), default=None, help="show only this modality")
     p.add_argument("--pseudonym", default=None, metavar="P", help="show only releases of this pseudonym")
     p.add_argument("--json", action="store_true", help="print each release as one JSON line instead of a table")
@@ -137,6 +133,7 @@ def format_row(release: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Consume and print releases until Ctrl-C, ``--max`` or ``--timeout``."""
     from connectors.kafka import broker_errors, check_broker, make_consumer
+    from pipeline.cli.options import client_options
 
     if args.max is not None and args.max < 1:
         from pipeline.errors import ConfigError
@@ -144,16 +141,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max must be a positive integer, got {args.max}")
     if args.timeout is not None:
         check_range("--timeout", args.timeout, 0.0, low_inclusive=False, unit="s")
-    check_broker(args.bootstrap)
+    security = client_options(args)
+    check_broker(args.bootstrap, security=security)
     consumer = make_consumer(
-        [args.topic], args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest"
+        [args.topic], args.bootstrap, auto_offset_reset="earliest" if args.from_beginning else "latest",
+        security=security,
     )
     printed = skipped = 0
     last = time.monotonic()
     if not args.json:
         print(header(), flush=True)
     try:
-        with broker_errors(args.bootstrap):
+        with broker_errors(args.bootstrap, security, f"read {args.topic}"):
             while args.max is None or printed < args.max:
                 batches = consumer.poll(timeout_ms=200)
                 if not batches:

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from connectors.kafka import DEFAULT_BOOTSTRAP, DEFAULT_PARTITIONS, DEFAULT_PREFIX
+from connectors.kafka import DEFAULT_PARTITIONS, DEFAULT_PREFIX
+from pipeline.cli.options import add_client_options, add_topic_options, client_options, topic_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "same --group share the partitions. Stops cleanly on Ctrl-C / SIGTERM."
         ),
     )
-    p.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP, help="Kafka bootstrap server (default %(default)s; env BIOPRIV_BOOTSTRAP)")
+    add_client_options(p)
     p.add_argument("--group", default="biopriv-worker", help="consumer group and Faust app id (default %(default)s)")
     p.add_argument("--topic-prefix", default=DEFAULT_PREFIX, help="prefix of every topic name (default %(default)r)")
     p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of topics the worker declares (default %(default)s)")
+    add_topic_options(p)
     p.add_argument("--privacy-config", type=Path, default=None, help="privacy configuration (TOML or JSON); default: built-in defaults, see docs/privacy.md")
     p.add_argument("--key-file", type=Path, default=Path(".biopriv/keys.json"), help="secret key file (created with mode 0600 if absent; default %(default)s)")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between statistics log lines (default %(default)s)")
@@ -47,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    check_broker(args.bootstrap)
+    security = client_options(args)
+    check_broker(args.bootstrap, security=security)
     topics = Topics.with_prefix(args.topic_prefix)
-    ensure_topics(args.bootstrap, topics.specs(args.partitions))
+    ensure_topics(args.bootstrap, topics.specs(args.partitions, topic_settings(args)), security=security)
     settings = WorkerSettings(
         bootstrap=args.bootstrap,
+        security=security,
         group=args.group,
         topics=topics,
         partitions=args.partitions,
