@@ -89,7 +89,21 @@ from connectors.kafka import (
 )
 from connectors.security import ClientSecurity
 from pipeline.processor import DeadLetter, Outcome, Processor
-from pipeline.state import ResumeTracker, device_record, load_partition, merge_ledger, resume_record, split_ledger
+from pipeline.errors import StateError
+from pipeline.state import (
+    ResumeTracker,
+    StateCipher,
+    check_fingerprints,
+    check_layout,
+    device_record,
+    header_record,
+    keys_record,
+    layout_record,
+    load_partition,
+    merge_ledger,
+    resume_record,
+    split_ledger,
+)
 
 log = logging.getLogger("biopriv.worker")
 
@@ -120,6 +134,14 @@ class WorkerSettings:
     partitions: int = DEFAULT_PARTITIONS
     privacy_config: Path | None = None
     key_file: Path = Path(".biopriv/keys.json")
+    #: Further key files holding other sections (e.g. the pseudonym key apart from the noise keys).
+    more_key_files: tuple[Path, ...] = ()
+    #: Add ``biopriv-t-frame-send-ns`` and ``biopriv-last-seq`` headers to releases (latency
+    #: benchmark, operations); off by default: they are device metadata outside the privacy model.
+    latency_headers: bool = False
+    #: When a partition's state was lost, a device without a ledger has its windows suppressed
+    #: (``ledger_missing``) up to this much capture time after the first window it is seen with.
+    ledger_loss_guard_s: float = 600.0
     stats_interval_s: float = 10.0
     data_dir: Path = Path(".biopriv/worker")
     checkpoint_interval_s: float = 1.0
@@ -143,7 +165,7 @@ def build_processor(settings: WorkerSettings) -> Processor:
     from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
 
     config = PrivacyConfig.from_file(settings.privacy_config) if settings.privacy_config else PrivacyConfig.default()
-    keys = load_keys(settings.key_file)
+    keys = load_keys(settings.key_file, *settings.more_key_files)
     return Processor(PrivacyEngine(config, keys), keys.pseudonym)
 
 
@@ -179,6 +201,14 @@ class StreamWorker(Service):
         self.consumed: dict[TopicPartition, int] = {}  # next offset to commit, per raw partition
         self.checkpoints = 0
         self.rebuilt_frames = 0
+        #: Seals device and header records (the key file's state key).
+        self.cipher = StateCipher(processor.engine.keys)
+        #: Raw partitions whose durable state was lost (consumed before, no resume offset): their
+        #: devices without a ledger get a ``ledger_missing`` guard when first seen.
+        self.lost: set[tuple[str, int]] = set()
+        self.with_state: set[str] = set()  # devices whose ledger or header was loaded from state
+        self.checked: set[str] = set()  # devices of lost partitions already guarded or found with state
+        self.layout: dict[str, int] = {}  # raw topic -> partition count, as the consumer sees it
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
         self._pending: _Checkpoint | None = None  # the checkpoint being encoded
         self._next_checkpoint = 0.0
@@ -245,15 +275,18 @@ class StreamWorker(Service):
             key = (tp.topic, tp.partition)
             if key not in self.recovered:
                 await self._recover(key, messages[0].offset)
+            lost = key in self.lost
             for msg in messages:
                 value = msg.value if msg.value is not None else b""
+                if lost and msg.key is not None:
+                    await self._guard_if_lost(msg.key, tp)
                 try:
                     outcome = processor.process(value, msg.key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
                     log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, msg.offset)
                     outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
                 tracker.observe(key, msg.offset, outcome.frame)
-                if outcome.releases or outcome.dead_letters or outcome.events:
+                if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
                     await self._publish(outcome, tp, msg.offset)
                 if time.perf_counter() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
@@ -262,8 +295,14 @@ class StreamWorker(Service):
 
     async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int) -> None:
         t, send = self.settings.topics, self.producer.send
+        if outcome.headers:  # durable before any release that depends on them is published
+            await self._write_headers(outcome.headers, tp.partition)
+        latency = self.settings.latency_headers
         for r in outcome.releases:
-            await send(t.private, r.value, key=r.key, headers=[("biopriv-t-release-ns", b"%d" % r.t_release_ns)])
+            headers = [("biopriv-t-release-ns", b"%d" % r.t_release_ns)]
+            if latency:
+                headers += [("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq)]
+            await send(t.private, r.value, key=r.key, headers=headers)
         for d in outcome.dead_letters:
             headers = [
                 ("biopriv-reason", d.reason.encode()),
@@ -277,6 +316,31 @@ class StreamWorker(Service):
             await send(t.deadletter, value, key=(d.key or b"")[:1000] or None, headers=headers)
         for e in outcome.events:
             await send(t.events, json.dumps(e).encode(), key=str(e.get("pseudonym", "")).encode())
+
+    async def _write_headers(self, devices: set[str], partition: int) -> None:
+        """Write the devices' headers (lineage, day keys) to the state topic and wait for them."""
+        for device, header in self.processor.header_records(devices).items():
+            key, value = header_record(device, header, self.cipher)
+            await self.producer.send(self.settings.topics.state, value, key=key, partition=partition)
+        await self.producer.flush()
+
+    async def _guard_if_lost(self, key: bytes, tp: TopicPartition) -> None:
+        """First message of a device on a partition whose state was lost: without a ledger of its
+        own (from another partition's state), its first windows may repeat what was published under
+        the lost lineage, so they are suppressed (``ledger_missing``) for ``ledger_loss_guard_s``."""
+        device = key.decode("utf-8", "replace")
+        if device in self.checked:
+            return
+        self.checked.add(device)
+        if device in self.with_state:
+            return
+        margin_s = self.settings.ledger_loss_guard_s
+        self.processor.engine.guard_from_first(device, int(margin_s * 1e9))
+        event = {"event": "ledger_missing", "pseudonym": self.processor.pseudonym(device),
+                 "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
+        log.warning("state of %s/%d was lost: device %s gets a %.0f s ledger_missing guard",
+                    tp.topic, tp.partition, event["pseudonym"], margin_s)
+        await self.producer.send(self.settings.topics.events, json.dumps(event).encode(), key=event["pseudonym"].encode())
 
     # -- durable state ------------------------------------------------------------------------
 
@@ -303,7 +367,7 @@ class StreamWorker(Service):
             ledger = split_ledger(processor.engine.ledger_state((device,)), (device,)).get(device)
             windows = processor.anchors(device)
             if p is not None and (ledger is not None or windows):
-                key, value = device_record(device, ledger, windows or None)
+                key, value = device_record(device, ledger, windows or None, self.cipher)
                 cp.records.append((key, value, p))
             if deadline is not None and time.perf_counter() >= deadline:
                 break
@@ -333,6 +397,9 @@ class StreamWorker(Service):
             for key, value, partition in cp.records:
                 await producer.send(state_topic, value, key=key, partition=partition)
             await producer.flush()  # ledger records before the resume offsets that rely on them
+            for partition in sorted({p for _t, p in cp.resume}):
+                for key, value in self._meta_records():
+                    await producer.send(state_topic, value, key=key, partition=partition)
             for (topic, partition), offset in cp.resume.items():
                 key, value = resume_record(topic, partition, offset)
                 await producer.send(state_topic, value, key=key, partition=partition)
@@ -390,33 +457,69 @@ class StreamWorker(Service):
             self.loaded.pop(p, None)
         log.info("dropped state of partitions %s (%d devices)", sorted(partitions), len(devices))
 
-    async def _recover(self, tp: tuple[str, int], first_offset: int) -> None:
-        """Load the partition's ledger (once per partition number) and rebuild its windows."""
+    def _meta_records(self) -> list[tuple[bytes, bytes]]:
+        """The layout and key-fingerprint records every state partition carries."""
+        return [layout_record(self.layout), keys_record(self.processor.engine.keys.fingerprints())]
+
+    async def _load_state(self, partition: int) -> None:
+        """Load a state partition: refuse another layout or key file, install ledgers and headers."""
         loop = asyncio.get_running_loop()
-        bootstrap, state_topic = self.settings.bootstrap, self.settings.topics.state
+        read = functools.partial(read_partition, security=self.settings.security)
+        records = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, partition)
+        ps = load_partition(((k, v) for k, v, _o in records), self.cipher)
+        if not self.layout:
+            counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.settings.topics.raw_all}
+            self.layout = {t: n for t, n in counts.items() if n}
+        check_layout(ps.layout, self.layout)
+        check_fingerprints(ps.fingerprints, self.processor.engine.keys.fingerprints())
+        self.processor.forget_devices(set(ps.devices) | set(ps.windows))
+        for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
+            self.processor.park(device, anchors)
+        self._swap_ledger(ps.devices, set(ps.devices))
+        for device, header in ps.headers.items():  # written ahead: at least as new as the ledger's copy
+            self.processor.engine.set_header(device, header)
+        self.with_state |= set(ps.devices) | set(ps.headers)
+        self.loaded[partition] = ps.resume
+        log.info("loaded state partition %d: %d records, %d device ledgers, %d headers, resume offsets %s",
+                 partition, ps.records, len(ps.devices), len(ps.headers), ps.resume)
+
+    async def _recover(self, tp: tuple[str, int], first_offset: int) -> None:
+        """Load the partition's ledger (once per partition number) and rebuild its windows.
+
+        A state partition written under another raw partition count or key file is refused: the
+        worker stops with a one-line error (:class:`~pipeline.errors.StateError`).
+        """
+        loop = asyncio.get_running_loop()
         read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
         t0 = time.monotonic()
         if partition not in self.loaded:
-            records = await loop.run_in_executor(None, read, bootstrap, state_topic, partition)
-            ps = load_partition((k, v) for k, v, _o in records)
-            self.processor.forget_devices(set(ps.devices) | set(ps.windows))
-            for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
-                self.processor.park(device, anchors)
-            self._swap_ledger(ps.devices, set(ps.devices))
-            self.loaded[partition] = ps.resume
-            log.info("loaded state partition %d: %d records, %d device ledgers, resume offsets %s",
-                     partition, ps.records, len(ps.devices), ps.resume)
+            try:
+                await self._load_state(partition)
+            except StateError as exc:
+                log.error("cannot take over %s/%d: %s", topic, partition, exc)
+                raise
+        if topic not in self.loaded[partition]:
+            raw = TopicPartition(topic, partition)
+            beginning = (await self.consumer.beginning_offsets([raw]))[raw]
+            if first_offset > beginning:  # the group consumed it before, and its state is gone
+                self.lost.add(tp)
+                log.warning("%s/%d was consumed up to offset %d but the state topic holds no resume offset for "
+                            "it: its state was lost", topic, partition, first_offset)
         start = self.loaded[partition].get(topic, 0)
         if start < first_offset:
-            frames = await loop.run_in_executor(None, read, bootstrap, topic, partition, start, first_offset)
+            frames = await loop.run_in_executor(None, read, self.settings.bootstrap, topic, partition, start, first_offset)
             before = (self.processor.stats.releases, self.processor.stats.replayed)
+            headers: set[str] = set()
             for key, value, offset in frames:
                 try:
                     outcome = self.processor.process(value or b"", key)
                 except Exception:  # noqa: BLE001 - it was dead-lettered when first seen
                     outcome = Outcome()
+                headers |= outcome.headers
                 self.tracker.observe(tp, offset, outcome.frame)
+            if headers:  # windows rebuilt here are not published, later ones may be
+                await self._write_headers(headers, partition)
             recharged = self.processor.stats.releases - before[0]
             replayed = self.processor.stats.replayed - before[1]
             self.rebuilt_frames += len(frames)

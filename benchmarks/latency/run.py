@@ -272,7 +272,7 @@ def system_command(system: str, bootstrap: str, group: str, prefix: str, key_fil
     t = Topics.with_prefix(prefix)
     if system == "pipeline":
         base = ["-m", "pipeline.cli", "worker", "--bootstrap", bootstrap, "--group", group, "--topic-prefix", prefix,
-                "--partitions", "6", "--key-file", str(key_file), "--data-dir", str(data_dir), "--stats-interval", "1",
+                "--partitions", "6", "--latency-headers", "--key-file", str(key_file), "--data-dir", str(data_dir), "--stats-interval", "1",
                 "--log-level", "info"]
         if profile_out is not None:
             return [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_out), *base]
@@ -334,11 +334,13 @@ async def drive(system: str, sched: Schedule, wl: Workload, bootstrap: str, pref
                         else:
                             o = json.loads(r.value)
                             dev = device_of[o["pseudonym"]] if system == "pipeline" else o["device"]
-                            stream, last = o["stream"], o["last_seq"]
-                            t_release = o.get("t_release_ns")  # the hand-written service puts it in the value
-                            if t_release is None:  # the pipeline sends it as a header
-                                t_release = int(dict(r.headers or ())["biopriv-t-release-ns"])
-                            worker_ns = t_release - o["t_frame_send_ns"]
+                            if system == "pipeline":  # opt-in headers (--latency-headers); the value holds none of it
+                                h = dict(r.headers or ())
+                                stream, last = o["stream"], int(h["biopriv-last-seq"])
+                                worker_ns = int(h["biopriv-t-release-ns"]) - int(h["biopriv-t-frame-send-ns"])
+                            else:  # the hand-written service puts them in the value
+                                stream, last = o["stream"], o["last_seq"]
+                                worker_ns = o["t_release_ns"] - o["t_frame_send_ns"]
                     except (ValueError, KeyError, TypeError):
                         info["parse_errors"] += 1
                         continue

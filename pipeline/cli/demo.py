@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "worker", *client_argv(args),
                  "--group", f"demo-{run_id}", "--topic-prefix", topics.prefix, "--partitions", "3",
-                 "--key-file", str(workdir / "keys.json"), "--data-dir", str(workdir / "worker"),
+                 "--latency-headers", "--key-file", str(workdir / "keys.json"), "--data-dir", str(workdir / "worker"),
                  "--stats-interval", "5"],
                 stdout=fh, stderr=subprocess.STDOUT,
             )
@@ -141,29 +141,30 @@ def run(args: argparse.Namespace) -> int:
                 now = time.time_ns()
                 for rec in batch:
                     doc = json.loads(rec.value)
-                    lat = (now - doc["t_frame_send_ns"]) / 1e6
+                    sent = dict(rec.headers or ()).get("biopriv-t-frame-send-ns")  # --latency-headers
+                    lat = (now - int(sent)) / 1e6 if sent else float("nan")
                     latencies.append(lat)
-                    per_modality[doc["modality"]] += 1
+                    per_modality[doc["stream"]] += 1
                     pseudonyms.add(doc["pseudonym"])
                     last = time.monotonic()
                     if not args.quiet:
                         print(
-                            f"{doc['pseudonym'][:10]} {doc['modality']:>5}/{doc['feature_set']:<4} "
-                            f"win {doc['window_index']:>4}  eps {doc['epsilon']:.3g}  "
-                            f"latency {lat:6.1f} ms  {_feature_summary(doc['features'])}"
+                            f"{doc['pseudonym'][:10]} {doc['stream']:>5}/{doc['feature_set']:<4} "
+                            f"{doc['slot']['start']}  eps {sum(n['epsilon'] for n in doc['noise'].values()):.3g}  "
+                            f"latency {lat:6.1f} ms  {_feature_summary(doc['values'])}"
                         )
         consumer.close()
         if "error" in result:
             raise result["error"]
 
         # 5. Summary.
-        lat = sorted(latencies)
+        lat = sorted(x for x in latencies if x == x)
         print()
         print("summary")
         summary = result.get("summary")
         if summary is not None:
             print(f"  replay: {summary.format()}")
-        print(f"  releases: {len(lat)} from {len(pseudonyms)} pseudonymous devices; by modality: {dict(per_modality)}")
+        print(f"  releases: {len(lat)} from {len(pseudonyms)} pseudonymous devices; by stream: {dict(per_modality)}")
         if lat:
             print(
                 f"  per-frame latency (frame sent -> release read back), ms: p50 {_percentile(lat, 50):.1f}  "

@@ -7,19 +7,16 @@ import json
 import math
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.validation import check_range
 
 #: Table columns: (title, width).
 COLUMNS = (
-    ("WINDOW_START_UTC", 23),
+    ("SLOT_START_UTC", 24),
     ("PSEUDONYM", 16),
-    ("MODALITY", 8),
     ("STREAM", 6),
     ("FEATURE_SET", 12),
-    ("WINDOW", 7),
     ("EPSILON", 8),
     ("MECHANISM", 10),
 )
@@ -41,7 +38,7 @@ def register(subparsers: Any) -> None:
         "--timeout seconds without a new one.",
     )
     add_client_options(p)
-    p.add_argument("--modality", choices=("eeg", "audio", "bio"), default=None, help="show only this modality")
+    p.add_argument("--stream", default=None, metavar="S", help="show only releases of this stream (eeg, mic, ecg, ppg, ...)")
     p.add_argument("--pseudonym", default=None, metavar="P", help="show only releases of this pseudonym")
     p.add_argument("--json", action="store_true", help="print each release as one JSON line instead of a table")
     p.add_argument(
@@ -72,9 +69,9 @@ def parse_release(value: bytes | None) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def matches(release: dict[str, Any], modality: str | None = None, pseudonym: str | None = None) -> bool:
-    """Whether ``release`` passes the ``--modality`` and ``--pseudonym`` filters."""
-    if modality is not None and release.get("modality") != modality:
+def matches(release: dict[str, Any], stream: str | None = None, pseudonym: str | None = None) -> bool:
+    """Whether ``release`` passes the ``--stream`` and ``--pseudonym`` filters."""
+    if stream is not None and release.get("stream") != stream:
         return False
     return pseudonym is None or release.get("pseudonym") == pseudonym
 
@@ -94,15 +91,6 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def _time(ns: Any) -> str:
-    if isinstance(ns, bool) or not isinstance(ns, (int, float)):
-        return "?"
-    try:
-        return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    except (OverflowError, OSError, ValueError):
-        return str(ns)
-
-
 def _cell(v: Any, width: int) -> str:
     s = "?" if v is None else str(v)
     return s if len(s) <= width else s[: width - 1] + "~"
@@ -110,22 +98,28 @@ def _cell(v: Any, width: int) -> str:
 
 def format_row(release: dict[str, Any]) -> str:
     """One table row; missing or odd fields print as ``?`` rather than failing."""
-    feats = release.get("features")
+    feats = release.get("values")
     if isinstance(feats, dict):
         items = [f"{k}={_num(v)}" for k, v in feats.items()]
         summary = " ".join(items[:FEATURES_SHOWN]) + (f" (+{len(items) - FEATURES_SHOWN} more)" if len(items) > FEATURES_SHOWN else "")
     else:
         summary = "?" if feats is None else _num(feats)
-    eps = release.get("epsilon")
+    noise = release.get("noise")
+    eps = mech = None
+    if isinstance(noise, dict) and all(isinstance(n, dict) for n in noise.values()):
+        try:
+            eps = _num(sum(float(n["epsilon"]) for n in noise.values()))
+            mech = ",".join(sorted({str(n["mechanism"]) for n in noise.values()}))
+        except (KeyError, TypeError, ValueError):
+            pass
+    slot = release.get("slot")
     values = (
-        _time(release.get("window_start_ns")),
+        slot.get("start") if isinstance(slot, dict) else None,
         release.get("pseudonym"),
-        release.get("modality"),
         release.get("stream"),
         release.get("feature_set"),
-        release.get("window_index"),
-        _num(eps) if eps is not None else None,
-        release.get("mechanism"),
+        eps,
+        mech,
     )
     return " ".join(f"{_cell(v, w):<{w}}" for v, (_, w) in zip(values, COLUMNS, strict=True)) + " " + summary
 
@@ -166,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                         if release is None:
                             skipped += 1
                             continue
-                        if not matches(release, args.modality, args.pseudonym):
+                        if not matches(release, args.stream, args.pseudonym):
                             continue
                         print(json.dumps(release, separators=(",", ":")) if args.json else format_row(release), flush=True)
                         printed += 1

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_topic_options(p)
     p.add_argument("--privacy-config", type=Path, default=None, help="privacy configuration (TOML or JSON); default: built-in defaults, see docs/privacy.md")
     p.add_argument("--key-file", type=Path, default=Path(".biopriv/keys.json"), help="secret key file (created with mode 0600 if absent; default %(default)s)")
+    p.add_argument("--extra-key-file", type=Path, action="append", default=[], metavar="PATH", help="another key file holding other sections, e.g. the pseudonym key kept apart from the noise keys (repeatable; biopriv keys init --kinds)")
+    p.add_argument("--latency-headers", action="store_true", help="add biopriv-t-frame-send-ns and biopriv-last-seq headers to releases (latency benchmark); off by default: device metadata outside the privacy model")
+    p.add_argument("--ledger-loss-guard", type=float, default=600.0, help="when a partition's state was lost, suppress a device's windows for this many seconds of capture time after the first one seen (default %(default)s)")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between statistics log lines (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
@@ -61,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         privacy_config=args.privacy_config,
         key_file=args.key_file,
+        more_key_files=tuple(args.extra_key_file),
+        latency_headers=args.latency_headers,
+        ledger_loss_guard_s=args.ledger_loss_guard,
         stats_interval_s=args.stats_interval,
         data_dir=args.data_dir,
         checkpoint_interval_s=args.checkpoint_interval,

@@ -134,7 +134,7 @@ class DeviceLedger:
 
     __slots__ = (
         "header", "starts", "ends", "costs", "n", "max_end", "max_span", "periods", "lifetime", "delta",
-        "streams", "windex", "guard_ns",
+        "streams", "windex", "guard_ns", "guard_margin",
     )
 
     def __init__(self, header: DeviceHeader) -> None:
@@ -152,6 +152,9 @@ class DeviceLedger:
         self.streams: dict[str, StreamLedger] = {}
         #: Windows ending at or before this capture time are suppressed (``ledger_missing``).
         self.guard_ns: int | None = None
+        #: Set when the ledger was lost and the device's published history is unknown: the first
+        #: window seen sets ``guard_ns`` to its end plus this margin.
+        self.guard_margin: int | None = None
 
 
 class _WIndex:
@@ -288,6 +291,18 @@ class Accountant:
         they may have been released under the lost lineage already)."""
         dev = self.open_device(device_id)
         dev.guard_ns = max(until_ns, dev.guard_ns or until_ns)
+
+    def guard_from_first(self, device_id: str, margin_ns: int) -> None:
+        """Suppress the device's windows ending within ``margin_ns`` after the end of the first
+        window it asks to release (its ledger was lost and what it published is unknown)."""
+        self.open_device(device_id).guard_margin = int(margin_ns)
+
+    def resolve_guard(self, dev: DeviceLedger, end_ns: int) -> None:
+        """Turn a pending :meth:`guard_from_first` into a guard, at the first window's end."""
+        if dev.guard_margin is not None:
+            until = end_ns + dev.guard_margin
+            dev.guard_ns = max(until, dev.guard_ns or until)
+            dev.guard_margin = None
 
     def _w_sum(self, dev: DeviceLedger | None, start_ns: int, end_ns: int, cost: int) -> int:
         """Worst w-event sum over intervals meeting ``[start_ns, end_ns]`` if ``cost`` is added.
@@ -489,6 +504,7 @@ class Accountant:
                 "lifetime_units": dev.lifetime,
                 "delta": dev.delta,
                 "guard_ns": dev.guard_ns,
+                "guard_margin_ns": dev.guard_margin,
                 "streams": {
                     k: {"last": st.last, "recent": {str(w): _outcome_list(o) for w, o in st.recent.items()}}
                     for k, st in dev.streams.items()
@@ -516,6 +532,7 @@ class Accountant:
                 dev.lifetime = int(d["lifetime_units"])
                 dev.delta = float(d["delta"])
                 dev.guard_ns = d["guard_ns"]
+                dev.guard_margin = d.get("guard_margin_ns")
                 for key, sd in d["streams"].items():
                     st = self._stream(dev, key)
                     st.last = int(sd["last"])

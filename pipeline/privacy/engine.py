@@ -231,6 +231,12 @@ class PrivacyEngine:
         """Suppress the device's windows ending at or before ``until_ns`` (``ledger_missing``)."""
         self._acct.guard(device_id, until_ns)
 
+    def guard_from_first(self, device_id: str, margin_ns: int) -> None:
+        """Suppress (``ledger_missing``) the device's windows ending within ``margin_ns`` of the
+        first window it asks to release: its ledger was lost, so windows around there may have
+        been published under the lost lineage already."""
+        self._acct.guard_from_first(device_id, margin_ns)
+
     def budget(self, device_id: str, start_ns: int, end_ns: int) -> dict[str, Any]:
         """Spent and remaining epsilon per rule for a device, as a release over the span would see it."""
         return self._acct.assess(device_id, start_ns, end_ns, 0.0)[1]
@@ -274,6 +280,7 @@ class PrivacyEngine:
             return self._replay(req, plan, st.recent.get(req.window_index), release_id, pseud, dev.header.lineage)
         if acct.is_late(device, req.end_ns):
             return self._suppress(req, skey, release_id, pseud, "late", {"retention_s": self.config.retention_s})
+        acct.resolve_guard(dev, req.end_ns)
         if dev.guard_ns is not None and req.end_ns <= dev.guard_ns:
             return self._suppress(req, skey, release_id, pseud, "ledger_missing", {})
         short, budget = acct.assess(device, req.start_ns, req.end_ns, plan.epsilon, plan.delta)

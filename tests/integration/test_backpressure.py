@@ -66,7 +66,11 @@ class Reader:
         while not self._stop.is_set():
             for batch in self._consumer.poll(timeout_ms=100).values():
                 now = time.time_ns()
-                self.got.extend((now, json.loads(r.value)) for r in batch)
+                for r in batch:  # the worker runs with --latency-headers: frame send time in a header
+                    doc = json.loads(r.value)
+                    sent = dict(r.headers or ()).get("biopriv-t-frame-send-ns")
+                    doc["t_frame_send_ns"] = int(sent) if sent is not None else None
+                    self.got.append((now, doc))
 
     def close(self) -> None:
         self._stop.set()
@@ -139,7 +143,7 @@ def test_flood_does_not_starve_others(kafka_bootstrap: str, topics: Topics, star
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     config = write_config(tmp_path)
-    worker = start_worker("--privacy-config", str(config))
+    worker = start_worker("--privacy-config", str(config), "--latency-headers")
     group = f"g-{topics.prefix.rstrip('.')}"  # the start_worker fixture's group
     # the flood on partition 0 of raw.bio; normal devices (EEG and bio) on partitions 1 and 2
     flooder = devices_on("flood", 0, 1)[0]
@@ -234,7 +238,7 @@ def test_burst_memory_bounded_and_lag_recovers(kafka_bootstrap: str, topics: Top
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     config = write_config(tmp_path)
-    worker = start_worker("--privacy-config", str(config))
+    worker = start_worker("--privacy-config", str(config), "--latency-headers")
     group = f"g-{topics.prefix.rstrip('.')}"  # the start_worker fixture's group
     # nominal fleet: 10 EEG headsets (16 ch, 256 Hz, 8 frames/s) and 30 bands (EDA + temperature, 1 frame/s
     # each): 140 frames/s. Phases: 6 s nominal, 6 s of signal at 10x (1,400 frames/s), 6 s nominal.

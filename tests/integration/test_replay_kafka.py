@@ -154,9 +154,9 @@ def test_tail_prints_releases(kafka_bootstrap: str, topics: Topics, capsys: pyte
     from pipeline.cli import main
 
     releases = [
-        {"pseudonym": f"p{i}", "modality": "bio" if i % 2 else "eeg", "stream": "ppg" if i % 2 else "eeg",
-         "feature_set": "x", "window_index": i, "window_start_ns": 1_700_000_000_000_000_000, "window_end_ns": 0,
-         "features": {"a": i}, "epsilon": 1.0, "mechanism": "laplace"}
+        {"v": 2, "release_id": f"{i:032x}", "pseudonym": f"p{i}", "stream": "ppg" if i % 2 else "eeg",
+         "feature_set": "x", "slot": {"start": "2023-11-14T22:13:20Z", "seconds": 1.0},
+         "values": {"a": i}, "noise": {"a": {"mechanism": "laplace", "epsilon": 1.0}}}
         for i in range(4)
     ]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
@@ -168,9 +168,9 @@ def test_tail_prints_releases(kafka_bootstrap: str, topics: Topics, capsys: pyte
     finally:
         producer.close()
     args = ["tail", "--bootstrap", kafka_bootstrap, "--topic", topics.private, "--from-beginning", "--timeout", "3"]
-    assert main([*args, "--json", "--modality", "bio"]) == 0
+    assert main([*args, "--json", "--stream", "ppg"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert sorted(r["pseudonym"] for r in lines) == ["p1", "p3"]
     assert main([*args, "--pseudonym", "p2", "--max", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("WINDOW_START_UTC") and len(out) == 2 and "p2" in out[1] and "a=2" in out[1]
+    assert out[0].startswith("SLOT_START_UTC") and len(out) == 2 and "p2" in out[1] and "a=2" in out[1]

@@ -283,7 +283,7 @@ def cli(monkeypatch: pytest.MonkeyPatch):
         ("replay", ["--devices", "--speed", "--loop", "--start", "--duration", "--frame-ms", "--stagger",
                     "--device-prefix", "--channels", "--rename", "--stream", "--merge", "--encoding", "--topic",
                     "--bootstrap", "--json-summary", "--no-progress", "FILE"]),
-        ("tail", ["--bootstrap", "--modality", "--pseudonym", "--json", "--from-beginning", "--max", "--timeout",
+        ("tail", ["--bootstrap", "--stream", "--pseudonym", "--json", "--from-beginning", "--max", "--timeout",
                   "--topic"]),
         ("inspect", ["--channels", "--rename", "--stream", "--frame-ms", "--json", "FILE"]),
     ],
@@ -356,14 +356,16 @@ def test_tail_formatting_is_robust() -> None:
     from pipeline.cli.tail import format_row, header, matches, parse_release
 
     rel = {
-        "pseudonym": "p-3f9a", "modality": "bio", "stream": "ppg", "feature_set": "hrv", "window_index": 12,
-        "window_start_ns": T0, "window_end_ns": T0 + 10**10, "epsilon": 0.5, "mechanism": "laplace",
-        "features": {"hr": 71.234567, "sdnn": 40.0, "rmssd": 31.5, "pnn50": 0.1, "lf_hf": 1.2},
+        "v": 2, "release_id": "ab" * 16, "pseudonym": "p-3f9a", "stream": "ppg", "feature_set": "hrv",
+        "slot": {"start": "2023-11-14T22:13:20Z", "seconds": 10},
+        "values": {"hr": 71.234567, "sdnn": 40.0, "rmssd": 31.5, "pnn50": 0.1, "lf_hf": 1.2},
+        "noise": {k: {"mechanism": "laplace", "epsilon": 0.1} for k in ("hr", "sdnn", "rmssd", "pnn50", "lf_hf")},
     }
     row = format_row(rel)
-    assert "p-3f9a" in row and "hr=71.23" in row and "(+1 more)" in row and "2023-11-14 22:13:20.000" in row
-    assert len(header().split()) == 9
-    assert "?" in format_row({"features": None})
-    assert matches(rel, "bio", "p-3f9a") and not matches(rel, "eeg") and not matches(rel, None, "other")
+    assert "p-3f9a" in row and "hr=71.23" in row and "(+1 more)" in row and "2023-11-14T22:13:20Z" in row
+    assert " 0.5 " in row and "laplace" in row
+    assert len(header().split()) == 7
+    assert "?" in format_row({"values": None})
+    assert matches(rel, "ppg", "p-3f9a") and not matches(rel, "eeg") and not matches(rel, None, "other")
     assert parse_release(b"not json") is None and parse_release(b"[1]") is None
     assert parse_release(json.dumps(rel).encode()) == rel

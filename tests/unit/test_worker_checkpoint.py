@@ -29,10 +29,11 @@ def fed_worker(tmp_path: Path, devices: dict[str, int], seconds: float = 3.0) ->
     return worker
 
 
-def records_by_device(records: list[tuple[bytes, bytes, int]]) -> dict[str, tuple[dict, int]]:
+def records_by_device(worker: StreamWorker, records: list[tuple[bytes, bytes, int]]) -> dict[str, tuple[dict, int]]:
     out = {}
     for key, value, partition in records:
-        ps = load_partition([(key, value)])
+        assert b'"sealed"' in value and b'"ledger"' not in value  # opens only with the state key
+        ps = load_partition([(key, value)], worker.cipher)
         ((device, ledger),) = ps.devices.items()
         out[device] = (ledger, partition)
     return out
@@ -65,7 +66,7 @@ def test_records_are_encoded_a_slice_at_a_time_and_hold_the_ledger(tmp_path: Pat
         assert len(cp.records) == steps
     assert steps == 2 and len(cp.records) == 3  # three calls for three devices
     ledger = worker.processor.engine.ledger_state()["devices"]
-    got = records_by_device(cp.records)
+    got = records_by_device(worker, cp.records)
     assert {d: p for d, (_, p) in got.items()} == {"a": 0, "b": 1, "c": 2}  # the device's partition number
     for device, (slice_, _) in got.items():
         assert slice_ == ledger[device]
@@ -85,6 +86,6 @@ def test_a_record_encoded_later_carries_the_later_ledger(tmp_path: Path) -> None
     for frame in eeg_frames("a", 5.0, seed=0)[24:]:  # seconds 3-5 of the same stream: 4 more windows
         worker.processor.process(encode_frame(frame), b"a")
     assert worker._encode(cp, budget_s=None)
-    (slice_, _), = records_by_device(cp.records).values()
+    (slice_, _), = records_by_device(worker, cp.records).values()
     assert last_window(slice_) == before + 4
     assert worker.processor.dirty_devices == {"a"}  # the new charges are in the next checkpoint too

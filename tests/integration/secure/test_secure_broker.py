@@ -83,7 +83,7 @@ def test_device_worker_analyst_each_under_its_principal(secure_broker: Any, secu
         log = log_path.read_text(errors="replace")
         assert worker.poll() is None, f"worker exited:\n{log[-3000:]}"
         assert len(releases) == expected_releases(), log[-3000:]
-        assert {r["modality"] for r in releases} == {"eeg"}
+        assert {r["stream"] for r in releases} == {"eeg"}
         assert len({r["pseudonym"] for r in releases}) == len(DEVICES)
         assert not any(d.encode() in json.dumps(r).encode() for r in releases for d in DEVICES)
         # The worker wrote the dead letter and its state under its own principal; admin can see both.
