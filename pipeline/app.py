@@ -209,6 +209,8 @@ class StreamWorker(Service):
         self.with_state: set[str] = set()  # devices whose ledger or header was loaded from state
         self.checked: set[str] = set()  # devices of lost partitions already guarded or found with state
         self.layout: dict[str, int] = {}  # raw topic -> partition count, as the consumer sees it
+        self.meta_written: set[int] = set()  # state partitions given layout and key records
+        self.verified: set[int] = set()  # state partitions whose layout and key records were checked
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
         self._pending: _Checkpoint | None = None  # the checkpoint being encoded
         self._next_checkpoint = 0.0
@@ -397,9 +399,11 @@ class StreamWorker(Service):
             for key, value, partition in cp.records:
                 await producer.send(state_topic, value, key=key, partition=partition)
             await producer.flush()  # ledger records before the resume offsets that rely on them
-            for partition in sorted({p for _t, p in cp.resume}):
+            # once per partition and assignment, only where this worker checked the layout before
+            for partition in sorted(self.verified - self.meta_written):
                 for key, value in self._meta_records():
                     await producer.send(state_topic, value, key=key, partition=partition)
+                self.meta_written.add(partition)
             for (topic, partition), offset in cp.resume.items():
                 key, value = resume_record(topic, partition, offset)
                 await producer.send(state_topic, value, key=key, partition=partition)
@@ -455,6 +459,7 @@ class StreamWorker(Service):
         self.consumed = {tp: o for tp, o in self.consumed.items() if tp.partition not in partitions}
         for p in partitions:
             self.loaded.pop(p, None)
+            self.verified.discard(p)
         log.info("dropped state of partitions %s (%d devices)", sorted(partitions), len(devices))
 
     def _meta_records(self) -> list[tuple[bytes, bytes]]:
@@ -467,11 +472,16 @@ class StreamWorker(Service):
         read = functools.partial(read_partition, security=self.settings.security)
         records = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, partition)
         ps = load_partition(((k, v) for k, v, _o in records), self.cipher)
-        if not self.layout:
+        if not self.layout:  # first takeover: the layout every state partition was written under
             counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.settings.topics.raw_all}
             self.layout = {t: n for t, n in counts.items() if n}
+            if partition != 0:  # a partition added by repartitioning has no state: partition 0 always does
+                first = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, 0)
+                check_layout(load_partition(((k, v) for k, v, _o in first if k == b"m:layout")).layout, self.layout)
+            self.verified.add(0)
         check_layout(ps.layout, self.layout)
         check_fingerprints(ps.fingerprints, self.processor.engine.keys.fingerprints())
+        self.verified.add(partition)
         self.processor.forget_devices(set(ps.devices) | set(ps.windows))
         for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
             self.processor.park(device, anchors)
@@ -556,6 +566,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.worker.assigned = set(assigned)
+        self.worker.meta_written = set()
         log.info("assigned %d partitions: %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
