@@ -88,8 +88,8 @@ from connectors.kafka import (
     read_partition,
 )
 from connectors.security import ClientSecurity
-from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.errors import StateError
+from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
     ResumeTracker,
     StateCipher,

@@ -30,7 +30,7 @@ import pytest
 from test_worker import stream_frames  # same directory (pytest rootdir-relative import)
 from worker_state import ledgers, offline_core
 
-from connectors.kafka import Topics, make_consumer, make_producer, read_partition
+from connectors.kafka import Topics, make_consumer, make_producer
 from pipeline.frames import Frame, encode_frame
 from pipeline.privacy import load_keys
 from pipeline.privacy.config import PrivacyWarning

@@ -88,7 +88,7 @@ def test_state_topic_reveals_nothing_without_the_keys(kafka_bootstrap: str, topi
         for x in d["values"].values():
             assert repr(x).encode() not in blob
     # device and header records are sealed boxes: no ledger field, digest or lineage in the clear
-    for key, value in state:
+    for _key, value in state:
         doc = json.loads(value)
         if doc["kind"] in ("device", "header"):
             assert set(doc) == {"v", "kind", "t_ns", "sealed"}, doc.keys()

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from worker_state import offline_core
 
 from connectors.kafka import Topics, make_consumer, make_producer
 from pipeline.features import DEFAULT_WINDOWS
 from pipeline.frames import Frame, encode_frame, make_frame
-from worker_state import offline_core
 
 pytestmark = pytest.mark.integration
 
