@@ -338,11 +338,11 @@ class StreamWorker(Service):
             return
         margin_s = self.settings.ledger_loss_guard_s
         self.processor.engine.guard_from_first(device, int(margin_s * 1e9))
-        event = {"event": "ledger_missing", "pseudonym": self.processor.pseudonym(device),
-                 "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
+        pseudonym = self.processor.pseudonym(device)
+        event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
         log.warning("state of %s/%d was lost: device %s gets a %.0f s ledger_missing guard",
-                    tp.topic, tp.partition, event["pseudonym"], margin_s)
-        await self.producer.send(self.settings.topics.events, json.dumps(event).encode(), key=event["pseudonym"].encode())
+                    tp.topic, tp.partition, pseudonym, margin_s)
+        await self.producer.send(self.settings.topics.events, json.dumps(event).encode(), key=pseudonym.encode())
 
     # -- durable state ------------------------------------------------------------------------
 

@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
                 for rec in batch:
                     doc = json.loads(rec.value)
                     sent = dict(rec.headers or ()).get("biopriv-t-frame-send-ns")  # --latency-headers
-                    lat = (now - int(sent)) / 1e6 if sent else float("nan")
-                    latencies.append(lat)
+                    ms = (now - int(sent)) / 1e6 if sent else float("nan")
+                    latencies.append(ms)
                     per_modality[doc["stream"]] += 1
                     pseudonyms.add(doc["pseudonym"])
                     last = time.monotonic()
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                         print(
                             f"{doc['pseudonym'][:10]} {doc['stream']:>5}/{doc['feature_set']:<4} "
                             f"{doc['slot']['start']}  eps {sum(n['epsilon'] for n in doc['noise'].values()):.3g}  "
-                            f"latency {lat:6.1f} ms  {_feature_summary(doc['values'])}"
+                            f"latency {ms:6.1f} ms  {_feature_summary(doc['values'])}"
                         )
         consumer.close()
         if "error" in result:

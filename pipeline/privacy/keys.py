@@ -70,6 +70,18 @@ class KeyProvider(Protocol):
         """A keyed 32-byte tag of ``data`` for ``device_id`` (release ids), stable like the pseudonym."""
         ...
 
+    def state_key(self) -> tuple[str, bytes]:
+        """``(key_id, 32-byte key)`` sealing new state records."""
+        ...
+
+    def state_key_version(self, key_id: str) -> bytes | None:
+        """The state key ``key_id`` (to open older records), or None."""
+        ...
+
+    def fingerprints(self) -> dict[str, str]:
+        """Public fingerprints of every key (``"<kind>:<id>" -> hex``), compared across workers."""
+        ...
+
 
 class KeyRing:
     """In-memory implementation of :class:`KeyProvider` over master secrets.

@@ -35,7 +35,7 @@ def grr_frequency_variance(epsilon: Any, n_categories: Any, frequency: Any) -> n
 
 
 class RandomizedResponse(Mechanism):
-    kinds = ("binary", "categorical")
+    kinds: tuple[str, ...] = ("binary", "categorical")
     uniforms = 2
 
     def __init__(self, name: str, kinds: tuple[str, ...]) -> None:
