@@ -86,7 +86,7 @@ def run_one(n_workers: int, sched: Any, bootstrap: str, key_file: Path, workdir:
             log = open(workdir / f"{group}-{k}.log", "wb")  # noqa: SIM115 - closed with the process
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "worker", "--bootstrap", bootstrap, "--group", group,
-                 "--topic-prefix", topics.prefix, "--partitions", str(PARTITIONS), "--key-file", str(key_file),
+                 "--topic-prefix", topics.prefix, "--partitions", str(PARTITIONS), "--per-window", "--key-file", str(key_file),
                  "--data-dir", str(workdir / f"{group}-{k}"), "--stats-interval", "5", "--log-level", "warning"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env))
         started = time.monotonic()

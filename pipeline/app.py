@@ -133,6 +133,11 @@ class WorkerSettings:
     topics: Topics = field(default_factory=Topics)
     partitions: int = DEFAULT_PARTITIONS
     privacy_config: Path | None = None
+    #: The study deciding what is released (None: the built-in default study).
+    study: Path | None = None
+    #: Release every window of every feature set under ``privacy_config`` instead of a study's
+    #: reports (the stress mode of the latency benchmark and of the crash tests).
+    per_window: bool = False
     key_file: Path = Path(".biopriv/keys.json")
     #: Further key files holding other sections (e.g. the pseudonym key apart from the noise keys).
     more_key_files: tuple[Path, ...] = ()
@@ -161,12 +166,23 @@ class WorkerSettings:
 
 
 def build_processor(settings: WorkerSettings) -> Processor:
-    """The processing core configured from the settings (privacy config, keys)."""
-    from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
+    """The processing core configured from the settings (study or per-window privacy config, keys).
 
-    config = PrivacyConfig.from_file(settings.privacy_config) if settings.privacy_config else PrivacyConfig.default()
+    With a study, the privacy configuration (``--privacy-config``, if given) supplies the
+    mechanisms, grid and strategy; the study sets the per-report epsilon and the day and lifetime
+    rules.
+    """
+    from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
+    from pipeline.study import load_study
+
+    base = PrivacyConfig.from_file(settings.privacy_config) if settings.privacy_config else None
     keys = load_keys(settings.key_file, *settings.more_key_files)
-    return Processor(PrivacyEngine(config, keys), keys.pseudonym)
+    if settings.per_window:
+        return Processor(PrivacyEngine(base or PrivacyConfig.default(), keys), keys.pseudonym)
+    study = load_study(settings.study)
+    log.info("study %s: %g epsilon per device per day, lifetime cap %g, %s division, feature sets %s",
+             study.source, study.daily_spend(), study.lifetime_epsilon, study.scheduling, ", ".join(study.sets))
+    return Processor(PrivacyEngine(study.privacy_config(base), keys), keys.pseudonym, study=study)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pipeline.named import NamedValues
 from pipeline.privacy import PrivacyEngine, PrivateRelease, ReleaseRequest, Suppression
 from pipeline.releases import ReleaseRecord, release_record, suppression_event
 from pipeline.state import history_frames
+from pipeline.study import ReportBuilder, Study
 from pipeline.windows import Window, Windower, WindowSpec
 
 
@@ -114,8 +115,12 @@ class Processor:
         windows: Mapping[str, WindowSpec] | None = None,
         clock: Callable[[], int] = time.time_ns,
         idle_clock: Callable[[], float] = time.monotonic,
+        study: Study | None = None,
     ) -> None:
         self.engine = engine
+        #: What is released (None: every window of every feature set, the per-window mode).
+        self.study = study
+        self.reports = ReportBuilder(study, engine.keys.tag) if study is not None else None
         self._pseudonym = pseudonym
         self._window_overrides = dict(windows or {})
         self._clock = clock
@@ -168,6 +173,8 @@ class Processor:
         )
         self._last_seen[frame.device_id] = self._idle_clock()
         for fs in self._feature_sets(frame.stream):
+            if self.study is not None and fs.name not in self.study.sets:
+                continue  # the study does not ask for this feature set: no window is even cut
             wkey = (frame.device_id, frame.stream, fs.name)
             windower = self._windowers.get(wkey)
             if windower is None:
@@ -235,6 +242,9 @@ class Processor:
                  "feature_set": fs.name, "window_index": window.index, "error": type(exc).__name__}
             )
             return
+        if self.reports is not None:
+            self._report(frame, fs, window, values, out)
+            return
         request = ReleaseRequest(
             device_id=frame.device_id,
             stream=frame.stream,
@@ -249,19 +259,47 @@ class Processor:
             specs=self._specs_for(fs, window),
             content=window.content_id(),
         )
+        self._privatize(request, window, out)
+
+    def _report(self, frame: Frame, fs: FeatureSet, window: Window, values: Mapping[str, float], out: Outcome) -> None:
+        """Study mode: add the window to its period; privatize the reports of the periods it closed."""
+        assert self.reports is not None and self.study is not None
+        names = [s.name for s in self._specs_for(fs, window)]
+        array = values.array if isinstance(values, NamedValues) else self._array(values, fs, window)
+        public = dict(zip(names, array.tolist(), strict=True))
+        closed = self.reports.add(frame.device_id, frame.stream, fs.name, window.index, window.start_ns,
+                                  window.end_ns, public)
+        for report in closed:
+            s = self.study.sets[fs.name]
+            request = ReleaseRequest(
+                device_id=report.device_id,
+                stream=report.stream,
+                feature_set=report.feature_set,
+                window_index=report.period,
+                hop_s=float(s.period_s),
+                length_s=float(s.period_s),
+                start_ns=report.start_ns,
+                end_ns=report.end_ns,
+                values=report.values,
+                specs=s.specs,
+                content=report.content,
+                epsilon=s.epsilon_per_report,
+            )
+            self._privatize(request, window, out, s.design())
+
+    def _privatize(self, request: ReleaseRequest, window: Window, out: Outcome,
+                   design: dict[str, Any] | None = None) -> None:
         replayed_before = self.engine.stats["replayed"]
         result = self.engine.privatize(request)
         if self.engine.stats["replayed"] != replayed_before:
             out.replayed += 1
             self.stats.replayed += 1
             return
-        self.dirty_devices.add(frame.device_id)
-        pseudonym = self.pseudonym(frame.device_id)
+        self.dirty_devices.add(request.device_id)
+        pseudonym = self.pseudonym(request.device_id)
         if isinstance(result, PrivateRelease):
             self.stats.releases += 1
-            out.releases.append(
-                release_record(result, request, pseudonym, window, self._clock())
-            )
+            out.releases.append(release_record(result, request, pseudonym, window, self._clock(), design))
         elif isinstance(result, Suppression):
             self.stats.suppressed += 1
             out.events.append(suppression_event(result, request, pseudonym))
@@ -297,6 +335,8 @@ class Processor:
                 self._last_seen.pop(d, None)
             self._anchored -= devices
             self.dirty_devices -= devices
+            if self.reports is not None:  # their open periods: a rebuild re-adds what it re-reads
+                self.reports.forget(devices)
 
     def evict_idle(self, idle_s: float) -> set[str]:
         """Evict the window state of devices without a frame for ``idle_s`` (``idle_clock`` seconds).

@@ -60,8 +60,10 @@ def release_record(
     pseudonym: str,
     window: Window,
     now_ns: int,
+    design: dict[str, Any] | None = None,
 ) -> ReleaseRecord:
-    """Build the published record of a privatized release."""
+    """Build the published record of a privatized release (``design``: a study report's
+    scheduling design, published with it)."""
     values = release.values.to_dict()
     assert release.plan is not None
     doc: dict[str, Any] = {
@@ -74,6 +76,8 @@ def release_record(
         "values": values,
         "noise": release.plan.describe(values),
     }
+    if design is not None:
+        doc["design"] = design
     assert all(math.isfinite(v) for v in values.values())
     return ReleaseRecord(
         key=pseudonym.encode(),

@@ -272,7 +272,7 @@ def system_command(system: str, bootstrap: str, group: str, prefix: str, key_fil
     t = Topics.with_prefix(prefix)
     if system == "pipeline":
         base = ["-m", "pipeline.cli", "worker", "--bootstrap", bootstrap, "--group", group, "--topic-prefix", prefix,
-                "--partitions", "6", "--latency-headers", "--key-file", str(key_file), "--data-dir", str(data_dir), "--stats-interval", "1",
+                "--partitions", "6", "--per-window", "--latency-headers", "--key-file", str(key_file), "--data-dir", str(data_dir), "--stats-interval", "1",
                 "--log-level", "info"]
         if profile_out is not None:
             return [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_out), *base]

@@ -27,6 +27,8 @@ SUBCOMMANDS = (
     "features",
     "generate",
     "audit",
+    "study",
+    "budget",
     "bench",
 )
 

@@ -70,6 +70,13 @@ def run(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"biopriv demo: {args.devices} devices per modality, {args.seconds:g} s at speed {args.speed:g}")
+    from pipeline.study import Study
+
+    study = Study.default()
+    print(f"  a default worker releases the built-in study: {len(study.sets)} feature sets, one report per set and "
+          f"device per day, {study.daily_spend():g} epsilon per device per day (biopriv study check).\n"
+          "  This demo runs the worker in its per-window stress mode (--per-window) so that releases appear within "
+          "seconds and their latency shows.")
 
     # 1. Recordings the project generates itself (never the shared real data).
     rec_dir = workdir / "recordings"
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.cli", "worker", *client_argv(args),
                  "--group", f"demo-{run_id}", "--topic-prefix", topics.prefix, "--partitions", "3",
-                 "--latency-headers", "--key-file", str(workdir / "keys.json"), "--data-dir", str(workdir / "worker"),
+                 "--per-window", "--latency-headers", "--key-file", str(workdir / "keys.json"), "--data-dir", str(workdir / "worker"),
                  "--stats-interval", "5"],
                 stdout=fh, stderr=subprocess.STDOUT,
             )

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic-prefix", default=DEFAULT_PREFIX, help="prefix of every topic name (default %(default)r)")
     p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions of topics the worker declares (default %(default)s)")
     add_topic_options(p)
-    p.add_argument("--privacy-config", type=Path, default=None, help="privacy configuration (TOML or JSON); default: built-in defaults, see docs/privacy.md")
+    p.add_argument("--study", type=Path, default=None, metavar="FILE", help="study file: which features are released, per report period, under which daily and lifetime budget (default: the built-in study, biopriv study check)")
+    p.add_argument("--per-window", action="store_true", help="release every window of every feature set instead of a study's reports (stress mode for latency benchmarks and crash tests; spends thousands of epsilon per device per day)")
+    p.add_argument("--privacy-config", type=Path, default=None, help="privacy configuration (TOML or JSON): mechanisms, grid, strategy; with --per-window also epsilon and rules. Default: built-in, see docs/privacy.md")
     p.add_argument("--key-file", type=Path, default=Path(".biopriv/keys.json"), help="secret key file (created with mode 0600 if absent; default %(default)s)")
     p.add_argument("--extra-key-file", type=Path, action="append", default=[], metavar="PATH", help="another key file holding other sections, e.g. the pseudonym key kept apart from the noise keys (repeatable; biopriv keys init --kinds)")
     p.add_argument("--latency-headers", action="store_true", help="add biopriv-t-frame-send-ns and biopriv-last-seq headers to releases (latency benchmark); off by default: device metadata outside the privacy model")
@@ -49,7 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from connectors.kafka import Topics, check_broker, ensure_topics
     from pipeline.app import WorkerSettings, run_worker
+    from pipeline.study import load_study
 
+    if not args.per_window:
+        load_study(args.study)  # a bad study file fails here, before anything connects
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     security = client_options(args)
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         topics=topics,
         partitions=args.partitions,
         privacy_config=args.privacy_config,
+        study=args.study,
+        per_window=args.per_window,
         key_file=args.key_file,
         more_key_files=tuple(args.extra_key_file),
         latency_headers=args.latency_headers,

@@ -10,7 +10,7 @@ from pipeline.privacy.accountant import Accountant, Shortfall
 from pipeline.privacy.audit import AuditResult, audit_mechanism
 from pipeline.privacy.config import PeriodRule, PrivacyConfig, PrivacyWarning, WEventRule
 from pipeline.privacy.engine import PrivacyEngine, PrivateRelease, ReleaseRequest, Suppression
-from pipeline.privacy.estimators import Estimate, estimate_frequency, estimate_mean
+from pipeline.privacy.estimators import Estimate, estimate_frequency, estimate_mean, estimate_present_mean
 from pipeline.privacy.keys import KeyProvider, KeyRing, load_keys, rotate_keys
 from pipeline.privacy.mechanisms import MECHANISMS
 
@@ -33,6 +33,7 @@ __all__ = [
     "audit_mechanism",
     "estimate_frequency",
     "estimate_mean",
+    "estimate_present_mean",
     "load_keys",
     "rotate_keys",
 ]

@@ -69,7 +69,13 @@ class AuditResult:
     epsilon_exact: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The CLI's JSON: the six fields of a mechanism audit, plus where the release path was
+        audited (``path``, ``feature_set``, ``pair``, ``epsilon_exact``) for ``--path release``."""
+        d = asdict(self)
+        if self.path == "mechanism":
+            for k in ("path", "feature_set", "pair", "epsilon_exact"):
+                del d[k]
+        return d
 
 
 def sample_outputs(

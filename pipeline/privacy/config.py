@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 EPSILON_WARN = 10.0
 #: Same threshold for data marked medical.
 EPSILON_WARN_MEDICAL = 1.0
+#: Epsilon per device and UTC day (period rule of one day) above which a warning is given
+#: (Apple caps Health data at 2 per day), and the same for data marked medical.
+EPSILON_DAY_WARN = 8.0
+EPSILON_DAY_WARN_MEDICAL = 2.0
+#: Lifetime epsilon per device above which a warning is given (two years at the medical daily cap).
+EPSILON_LIFETIME_WARN = 1460.0
 #: delta * n_devices must stay below this ("far below 1/n").
 DELTA_N_MAX = 0.01
 
@@ -152,28 +158,33 @@ class PrivacyConfig:
         if self.delta_cap is not None:
             check_range("delta_cap", self.delta_cap, 0.0, 1.0, high_inclusive=False)
         check_range("retention_s", self.retention_s, 0.0, None, low_inclusive=False, unit="s")
-        for rule, eps in self._unit_epsilons():
-            limit = EPSILON_WARN_MEDICAL if self.medical else EPSILON_WARN
+        for rule, eps, medical_limit, limit in self._unit_epsilons():
+            limit = medical_limit if self.medical else limit
             if eps > limit:
                 what = "medical data" if self.medical else "a privacy unit"
                 warn_privacy(f"{rule} = {eps:g} exceeds {limit:g} for {what}: no meaningful protection")
 
-    def _unit_epsilons(self) -> list[tuple[str, float]]:
-        """The epsilons that bound what one device discloses (per release, per event horizon)."""
-        out = [("epsilon", self.epsilon)]
+    def _unit_epsilons(self) -> list[tuple[str, float, float, float]]:
+        """The epsilons that bound what one device discloses (per release, per event horizon, per
+        day, in its lifetime), each with its warning limit for medical and other data."""
+        out = [("epsilon", self.epsilon, EPSILON_WARN_MEDICAL, EPSILON_WARN)]
         if self.w_event is not None:
-            out.append(("w_event.epsilon", self.w_event.epsilon))
+            out.append(("w_event.epsilon", self.w_event.epsilon, EPSILON_WARN_MEDICAL, EPSILON_WARN))
+        if self.period is not None and self.period.period_s >= 86400.0:  # a daily (or longer) budget
+            out.append(("period.epsilon", self.period.epsilon, EPSILON_DAY_WARN_MEDICAL, EPSILON_DAY_WARN))
+        if self.lifetime_epsilon is not None:
+            out.append(("lifetime_epsilon", self.lifetime_epsilon, EPSILON_LIFETIME_WARN, EPSILON_LIFETIME_WARN))
         return out
 
     def check_medical(self, feature_set: str, names: list[str]) -> None:
         """Warn when medical features are released with more than epsilon 1 per privacy unit."""
         if self.medical or not names:
             return
-        for rule, eps in self._unit_epsilons():
-            if eps > EPSILON_WARN_MEDICAL:
+        for rule, eps, medical_limit, _ in self._unit_epsilons():
+            if eps > medical_limit:
                 shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
                 warn_privacy(
-                    f"{rule} = {eps:g} exceeds {EPSILON_WARN_MEDICAL:g} for medical features of "
+                    f"{rule} = {eps:g} exceeds {medical_limit:g} for medical features of "
                     f"{feature_set!r} ({shown}): no meaningful protection"
                 )
 

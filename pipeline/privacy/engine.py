@@ -23,6 +23,7 @@ worker writes them ahead, ``docs/operations.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -74,6 +75,8 @@ class ReleaseRequest:
     content : bytes
         Canonical description of what the window holds (:meth:`pipeline.windows.Window.content_id`),
         bound into the noise identity with the capture span.
+    epsilon : float or None
+        Epsilon of this release instead of the configuration's (a study's per-report epsilon).
     """
 
     device_id: str
@@ -87,6 +90,7 @@ class ReleaseRequest:
     values: Mapping[str, float] | np.ndarray
     specs: Sequence[FeatureSpec]
     content: bytes = b""
+    epsilon: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +179,7 @@ class PrivacyEngine:
         self.config = config
         self._keys = keys
         self._acct = Accountant(config, ledger_state)
-        self._plans: dict[tuple[str, int], tuple[Sequence[FeatureSpec], ReleasePlan]] = {}
+        self._plans: dict[tuple[str, int, float | None], tuple[Sequence[FeatureSpec], ReleasePlan]] = {}
         self._hmacs: dict[bytes, hmac.HMAC] = {}  # device noise key -> keyed HMAC state, to copy
         #: Counters: released, suppressed, replayed.
         self.stats = {"released": 0, "suppressed": 0, "replayed": 0}
@@ -187,13 +191,14 @@ class PrivacyEngine:
     def keys(self) -> KeyProvider:
         return self._keys
 
-    def plan(self, feature_set: str, specs: Sequence[FeatureSpec]) -> ReleasePlan:
-        """The compiled (cached) plan of a feature set."""
-        key = (feature_set, id(specs))
+    def plan(self, feature_set: str, specs: Sequence[FeatureSpec], epsilon: float | None = None) -> ReleasePlan:
+        """The compiled (cached) plan of a feature set (``epsilon``: instead of the configuration's)."""
+        key = (feature_set, id(specs), epsilon)
         hit = self._plans.get(key)
         if hit is not None and hit[0] is specs:
             return hit[1]
-        plan = ReleasePlan(feature_set, specs, self.config)
+        cfg = self.config if epsilon is None else dataclasses.replace(self.config, epsilon=epsilon)
+        plan = ReleasePlan(feature_set, specs, cfg)
         if len(self._plans) >= _PLAN_CACHE_MAX:
             self._plans.clear()
         self._plans[key] = (specs, plan)
@@ -258,7 +263,7 @@ class PrivacyEngine:
             If the request is malformed (values and specs disagree, bad window geometry).
         """
         _check_request(req)
-        plan = self.plan(req.feature_set, req.specs)
+        plan = self.plan(req.feature_set, req.specs, req.epsilon)
         if isinstance(req.values, np.ndarray):
             if req.values.shape != (plan.d,):
                 raise PrivacyError(

@@ -11,8 +11,10 @@ Binary and categorical releases (randomized response) are debiased per category:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -137,3 +139,37 @@ def estimate_frequency(
         Estimate(float(fi), float(vi), float(fi - z * np.sqrt(vi)), float(fi + z * np.sqrt(vi)), n, confidence)
         for fi, vi in zip(f, var, strict=True)
     ]
+
+
+def estimate_present_mean(
+    records: list[dict[str, Any]], feature: str, *, confidence: float = 0.95
+) -> Estimate:
+    """Mean of ``feature`` over the devices that had a value, from study reports alone.
+
+    A report carries ``feature`` (the period's mean, or the public fallback, the midpoint of the
+    bounds, when the device had no valid window) and the presence bit ``<feature>.present``, each
+    with its noise description (``records``: the published JSON objects; under the ``sample``
+    strategy a report may carry either or both). With ``v`` the mean of the released values and
+    ``p`` the debiased presence frequency, ``E[v] = p mu + (1 - p) c`` (``c`` the fallback), so
+    ``mu = (v - (1 - p) c) / p``: unbiased up to the ratio's second-order term, with a
+    delta-method interval. Ignoring the presence bit biases the mean toward ``c``.
+    """
+    present = f"{feature}.present"
+    vals = [r["values"][feature] for r in records if feature in r.get("values", {})]
+    bits = [r["values"][present] for r in records if present in r.get("values", {})]
+    if not vals or not bits:
+        raise PrivacyError(f"no reports of {feature!r} and {present!r} among the {len(records)} records")
+    nv = next(r["noise"][feature] for r in records if feature in r.get("values", {}))
+    nb = next(r["noise"][present] for r in records if present in r.get("values", {}))
+    v = estimate_mean(np.asarray(vals), mechanism=nv["mechanism"], epsilon=nv["epsilon"], lower=nv["lower"],
+                      upper=nv["upper"], grid_steps=nv["grid_steps"], confidence=confidence,
+                      sigma_steps=nv.get("sigma_steps"))
+    p = estimate_frequency(np.asarray(bits, dtype=np.int64), n_categories=2, epsilon=nb["epsilon"],
+                           confidence=confidence)[1]
+    if p.value <= 0.0:
+        raise PrivacyError(f"the estimated share of devices with a value of {feature!r} is not positive ({p.value:.3g})")
+    c = (nv["lower"] + nv["upper"]) / 2.0
+    mu = (v.value - (1.0 - p.value) * c) / p.value
+    var = v.variance / p.value**2 + (v.value - c) ** 2 * p.variance / p.value**4
+    half = _z(confidence) * math.sqrt(var)
+    return Estimate(mu, var, mu - half, mu + half, len(vals), confidence)

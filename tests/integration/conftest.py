@@ -109,6 +109,8 @@ def start_worker(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterat
             "--key-file", str(tmp_path / "keys.json"),
             "--data-dir", str(tmp_path / f"worker{n}"),
             "--stats-interval", "1",
+            # the crash and flood tests count per-window releases; study mode has its own tests
+            *(() if "--study" in extra else ("--per-window",)),
             *extra,
         ]
         with open(log_path, "wb") as fh:

@@ -51,7 +51,7 @@ def start_worker(broker: Any, st: Any, tmp_path: Path) -> tuple[subprocess.Popen
     """``biopriv worker`` under the worker principal; the bootstrap comes from its properties file."""
     log_path = tmp_path / "worker.log"
     cmd = [sys.executable, "-m", "pipeline.cli", "worker", "--client-config", str(broker.client_config("worker")),
-           "--group", st.group, "--topic-prefix", st.topics.prefix, "--partitions", "3",
+           "--group", st.group, "--topic-prefix", st.topics.prefix, "--partitions", "3", "--per-window",
            "--key-file", str(tmp_path / "keys.json"), "--data-dir", str(tmp_path / "worker"), "--stats-interval", "1"]
     with open(log_path, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
