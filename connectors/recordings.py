@@ -26,7 +26,8 @@ BioSPPy text              ``.txt`` whose first line is ``# Simple Text Format`` 
                           files): ``# Sampling Rate (Hz):= R``, ``# Labels:= A<TAB>B``, optional
                           ``# Units:= U``, then one sample per line, channels tab-separated.
                           Labels map to streams as CSV columns do; without units the samples keep
-                          their raw unit (``ADC`` counts).
+                          their raw unit (``ADC`` counts), except EDA, converted to uS with the
+                          BITalino EDA transfer function (BioSPPy's examples are BITalino data).
 ========================  =====================================================================
 
 Each stream's rate must lie within :data:`STREAM_RATE_LIMITS_HZ` (e.g. audio at 8 kHz or more:
@@ -602,6 +603,8 @@ def _read_csv(file: Path, channels: Sequence[str] | None, overrides: Mapping[str
 
 
 _BIOSPPY_MAGIC = "# Simple Text Format"
+#: Supply voltage of the BITalino sensors in the EDA transfer function, V.
+BITALINO_VCC = 3.3
 
 
 def _is_biosppy_text(p: Path) -> bool:
@@ -630,6 +633,7 @@ def _read_biosppy(file: Path, channels: Sequence[str] | None, overrides: Mapping
     if len(labels) != data.shape[1]:
         raise RecordingError(f"{file}: {len(labels)} labels ({', '.join(labels)}) for {data.shape[1]} columns")
     unit = meta.get("units") or "ADC"
+    resolution = int(float(meta.get("resolution", "0") or 0))
     keep = _select(file, labels, channels)
     entries: list[tuple[str, str, float, np.ndarray, str]] = []
     skipped: list[SkippedChannel] = []
@@ -639,7 +643,12 @@ def _read_biosppy(file: Path, channels: Sequence[str] | None, overrides: Mapping
         if stream is None:
             skipped.append(SkippedChannel(name, "label maps to no v1 stream (use --stream LABEL=STREAM)"))
             continue
-        entries.append((name, stream, rate, data[:, k], unit))
+        column, col_unit = data[:, k], unit
+        if stream == "eda" and unit == "ADC" and resolution > 0:
+            # BioSPPy's examples come from BITalino (PLUX) sensors; the BITalino (r)evolution EDA
+            # transfer function: EDA (uS) = ADC / 2^n * VCC / 0.132, VCC = 3.3 V
+            column, col_unit = column / 2.0**resolution * BITALINO_VCC / 0.132, "uS"
+        entries.append((name, stream, rate, column, col_unit))
     return Recording(file, "biosppy", _group(file, entries, None), tuple(skipped))
 
 
