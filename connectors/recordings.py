@@ -16,11 +16,22 @@ WFDB (wfdb)               ``.hea`` (or ``.dat``, or the record name without suff
                           become ``ecg``, PLETH/PPG ``ppg``, RESP ``resp``; signals without a v1
                           stream (ABP...) are skipped. Multi-frequency records keep each signal's
                           own rate, so streams of one device may run at different rates.
-CSV                       ``.csv``: a time column in seconds (``time_s``, ``time``, ``t``...) plus
+CSV (pandas)              ``.csv``: a time column in seconds (``time_s``, ``time``, ``t``...) plus
                           columns named by stream (``ppg``, ``eda``, ``temp``, ``resp``, ``ecg``)
                           or ``<stream>_<channel>`` (``acc_x``, ``acc_y``, ``acc_z`` become a
-                          3-channel ``acc`` stream).
+                          3-channel ``acc`` stream). Read with ``pandas.read_csv``: quoted
+                          headers, blank cells and ``NA``/``NaN`` are accepted (missing values are
+                          filled as below); text in a value column is an error naming the column.
+BioSPPy text              ``.txt`` whose first line is ``# Simple Text Format`` (BioSPPy's example
+                          files): ``# Sampling Rate (Hz):= R``, ``# Labels:= A<TAB>B``, optional
+                          ``# Units:= U``, then one sample per line, channels tab-separated.
+                          Labels map to streams as CSV columns do; without units the samples keep
+                          their raw unit (``ADC`` counts), except EDA, converted to uS with the
+                          BITalino EDA transfer function (BioSPPy's examples are BITalino data).
 ========================  =====================================================================
+
+Each stream's rate must lie within :data:`STREAM_RATE_LIMITS_HZ` (e.g. audio at 8 kHz or more:
+below that a mel bank and the voice band no longer fit).
 
 Invalid samples (NaN, e.g. WFDB gaps) are filled by holding the previous valid value (the first
 valid value before it at the start), because frames must carry finite numbers; the count is kept
@@ -30,7 +41,6 @@ in :attr:`StreamData.n_filled`. Everything that goes wrong raises
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import warnings
@@ -60,6 +70,20 @@ __all__ = [
 MNE_SUFFIXES = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".vhdr", ".set", ".cnt", ".mff", ".nxe", ".lay")
 #: Column names recognised as the CSV time column (seconds), in order of preference.
 CSV_TIME_COLUMNS = ("time_s", "time", "t", "timestamp", "seconds", "t_s")
+#: Plausible sample rates per stream, Hz (inclusive). Outside them a recording is refused: audio below
+#: 8 kHz has no voice band (telephone speech is 8 kHz) and gives MFCCs of a squeezed mel bank; EEG
+#: below 90 Hz cannot hold the 30-45 Hz gamma band; ECG below 50 Hz cannot place R peaks; a
+#: temperature at 10 kHz is a mislabelled column. Upper limits are well above any real device.
+STREAM_RATE_LIMITS_HZ: dict[str, tuple[float, float]] = {
+    "mic": (8000.0, 192000.0),
+    "eeg": (90.0, 20000.0),
+    "ecg": (50.0, 20000.0),
+    "ppg": (10.0, 10000.0),
+    "resp": (1.0, 10000.0),
+    "eda": (1.0, 10000.0),
+    "acc": (8.0, 10000.0),
+    "temp": (0.01, 1000.0),
+}
 #: Units given to CSV streams, which carry no units of their own.
 CSV_DEFAULT_UNITS = {
     "eeg": "uV",
@@ -234,6 +258,8 @@ def open_recording(
             rec = _read_wav(target, channels)
         elif kind == "wfdb":
             rec = _read_wfdb(target, channels, overrides)
+        elif kind == "biosppy":
+            rec = _read_biosppy(target, channels, overrides)
         else:
             rec = _read_csv(target, channels, overrides)
     except RecordingError:
@@ -291,9 +317,11 @@ def _detect(p: Path) -> tuple[str, Path]:
         return "wav", p
     if name.endswith(".csv"):
         return "csv", p
+    if name.endswith(".txt") and _is_biosppy_text(p):
+        return "biosppy", p
     if any(name.endswith(s) for s in MNE_SUFFIXES):
         return "mne", p
-    supported = " ".join((*MNE_SUFFIXES, ".wav", ".hea", ".csv"))
+    supported = " ".join((*MNE_SUFFIXES, ".wav", ".hea", ".csv", ".txt (BioSPPy)"))
     raise RecordingError(f"unsupported recording type {p.suffix or p.name!r} for {p} (supported: {supported})")
 
 
@@ -335,6 +363,11 @@ def _check_rate(file: Path, what: str, rate: float) -> float:
     if not math.isfinite(rate) or not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
         raise RecordingError(
             f"{file}: {what} sample rate {rate!r} Hz is outside [{MIN_SAMPLE_RATE_HZ:g}, {MAX_SAMPLE_RATE_HZ:g}]"
+        )
+    lo, hi = STREAM_RATE_LIMITS_HZ.get(what, (MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ))
+    if not lo <= rate <= hi:
+        raise RecordingError(
+            f"{file}: {what} sample rate {rate:g} Hz is implausible for a {what} stream; allowed [{lo:g}, {hi:g}] Hz"
         )
     return float(rate)
 
@@ -513,21 +546,37 @@ def _read_wfdb(hea: Path, channels: Sequence[str] | None, overrides: Mapping[str
 
 
 def _read_csv(file: Path, channels: Sequence[str] | None, overrides: Mapping[str, str]) -> Recording:
-    with file.open(newline="") as fh:
-        header = next(csv.reader(fh), None)
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(file, skipinitialspace=True, na_values=["NA", "N/A", "NaN", "nan", "null", ""])
+    except pd.errors.EmptyDataError:
+        raise RecordingError(f"{file}: empty CSV file") from None
+    header = [str(h).strip() for h in df.columns]
     if not header:
         raise RecordingError(f"{file}: empty CSV file")
-    header = [h.strip() for h in header]
     lower = [h.lower() for h in header]
     time_idx = next((lower.index(c) for c in CSV_TIME_COLUMNS if c in lower), None)
     if time_idx is None:
         raise RecordingError(
             f"{file}: no time column; expected one of {', '.join(CSV_TIME_COLUMNS)} (seconds), got columns {', '.join(header)}"
         )
-    data = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    cols = []
+    for h, col in zip(header, df.columns, strict=True):
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(v) & df[col].notna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise RecordingError(
+                f"cannot read {file} as CSV: column {h!r} has a non-numeric value {df[col].iloc[row]!r} (data row {row + 1})"
+            )
+        cols.append(v)
+    data = np.column_stack(cols) if cols else np.empty((0, 0))
     if data.shape[0] < 2:
         raise RecordingError(f"{file}: need at least 2 rows to know the sample rate, got {data.shape[0]}")
     t = data[:, time_idx]
+    if not np.isfinite(t).all():
+        raise RecordingError(f"{file}: time column {header[time_idx]!r} has blank or NA cells (data row {int(np.flatnonzero(~np.isfinite(t))[0]) + 1})")
     dt = np.diff(t)
     period = float(np.median(dt))
     if not period > 0 or np.max(np.abs(dt - period)) > 0.01 * period:
@@ -551,6 +600,56 @@ def _read_csv(file: Path, channels: Sequence[str] | None, overrides: Mapping[str
             continue
         entries.append((name, stream, rate, data[:, col], CSV_DEFAULT_UNITS.get(stream, "NU")))
     return Recording(file, "csv", _group(file, entries, start_ns), tuple(skipped))
+
+
+_BIOSPPY_MAGIC = "# Simple Text Format"
+#: Supply voltage of the BITalino sensors in the EDA transfer function, V.
+BITALINO_VCC = 3.3
+
+
+def _is_biosppy_text(p: Path) -> bool:
+    with p.open(encoding="utf-8", errors="replace") as fh:
+        return fh.readline().strip() == _BIOSPPY_MAGIC
+
+
+def _read_biosppy(file: Path, channels: Sequence[str] | None, overrides: Mapping[str, str]) -> Recording:
+    """BioSPPy "Simple Text Format": ``# Key:= value`` header lines, then samples (tab-separated)."""
+    meta: dict[str, str] = {}
+    n_header = 0
+    with file.open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.startswith("#"):
+                break
+            n_header += 1
+            if ":=" in line:
+                key, value = line[1:].split(":=", 1)
+                meta[key.strip().lower()] = value.strip()
+    if "sampling rate (hz)" not in meta:
+        raise RecordingError(f"{file}: BioSPPy text header has no '# Sampling Rate (Hz):=' line")
+    rate = float(meta["sampling rate (hz)"])
+    data = np.loadtxt(file, comments="#", ndmin=2, dtype=np.float64)
+    labels = meta.get("labels", "").split("\t") if meta.get("labels") else [f"ch{i + 1}" for i in range(data.shape[1])]
+    labels = [lab.strip() for lab in labels]
+    if len(labels) != data.shape[1]:
+        raise RecordingError(f"{file}: {len(labels)} labels ({', '.join(labels)}) for {data.shape[1]} columns")
+    unit = meta.get("units") or "ADC"
+    resolution = int(float(meta.get("resolution", "0") or 0))
+    keep = _select(file, labels, channels)
+    entries: list[tuple[str, str, float, np.ndarray, str]] = []
+    skipped: list[SkippedChannel] = []
+    for k in keep:
+        name = labels[k]
+        stream = overrides.get(name) or stream_for_signal(name)
+        if stream is None:
+            skipped.append(SkippedChannel(name, "label maps to no v1 stream (use --stream LABEL=STREAM)"))
+            continue
+        column, col_unit = data[:, k], unit
+        if stream == "eda" and unit == "ADC" and resolution > 0:
+            # BioSPPy's examples come from BITalino (PLUX) sensors; the BITalino (r)evolution EDA
+            # transfer function: EDA (uS) = ADC / 2^n * VCC / 0.132, VCC = 3.3 V
+            column, col_unit = column / 2.0**resolution * BITALINO_VCC / 0.132, "uS"
+        entries.append((name, stream, rate, column, col_unit))
+    return Recording(file, "biosppy", _group(file, entries, None), tuple(skipped))
 
 
 def describe(rec: Recording) -> dict[str, Any]:

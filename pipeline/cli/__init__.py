@@ -4,13 +4,16 @@ Each module in :data:`SUBCOMMANDS` defines ``register(subparsers)``, which adds 
 sets ``func`` to a callable ``(args) -> int`` (the exit code). Modules import heavy libraries
 inside ``func`` so that ``biopriv --help`` stays fast. Errors derived from
 :class:`~pipeline.errors.BioprivError` are printed as one line, ``biopriv: error: ...``, with a
-non-zero exit, never as a traceback.
+non-zero exit, never as a traceback; so are operating-system errors (a folder that cannot be
+created, a disk full: exit 1), a closed output pipe (``biopriv features ... | head -1``: exit 141,
+as a shell reports SIGPIPE) and Ctrl-C (exit 130).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pipeline import __version__
@@ -60,6 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("biopriv: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        print("biopriv: output closed early (broken pipe)", file=sys.stderr)
+        return 141
+    except OSError as exc:
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"biopriv: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

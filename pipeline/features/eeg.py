@@ -30,14 +30,17 @@ when a non-finite value shows they are needed.
 
 Per channel ``ch`` (data in uV):
 
-* ``{band}_abs.{ch}``: absolute band power, uV^2, the PSD integrated over ``[lo, hi)`` Hz for the
-  bands of :data:`BANDS`;
+* ``{band}_log.{ch}``: absolute band power, released as its decimal logarithm, log10(uV^2): the
+  PSD integrated over ``[lo, hi)`` Hz for the bands of :data:`BANDS`. Absolute power spans four
+  decades between people, montages and sleep stages, so linear bounds either clip most windows
+  or drown the value in noise; on a log scale one public range covers them (:data:`LOG_POWER_RANGE`);
 * ``{band}_rel.{ch}``: the same divided by the power in ``[1, 45)`` Hz, 1;
 * ``sef95.{ch}``: spectral edge frequency, Hz: the lowest frequency bin at which the cumulative
   power from 1 Hz reaches 95 % of the 1-45 Hz power;
 * ``spectral_entropy.{ch}``: Shannon entropy of the normalized 1-45 Hz PSD divided by the log of
   its number of bins, 1 (0: a pure tone, 1: white);
-* ``hjorth_activity.{ch}`` (uV^2, the variance), ``hjorth_mobility.{ch}`` (Hz: ``sqrt(var(x') /
+* ``hjorth_log_activity.{ch}`` (log10(uV^2): the variance, on a log scale for the same reason),
+  ``hjorth_mobility.{ch}`` (Hz: ``sqrt(var(x') /
   var(x)) / 2 pi``, the mean frequency), ``hjorth_complexity.{ch}`` (1: mobility of ``x'`` over
   mobility of ``x``, 1 for a sine);
 * ``line_length.{ch}``: mean absolute sample-to-sample change times the rate, uV/s.
@@ -78,12 +81,21 @@ TOTAL_RANGE = (1.0, 45.0)
 #: Fraction of the 1-45 Hz power below the spectral edge frequency (``sef95``).
 SEF_FRACTION = 0.95
 
-#: Upper clipping bound of absolute band power per band, uV^2. Resting scalp EEG has total power
-#: of the order of 10-100 uV^2; alpha in occipital channels with eyes closed reaches ~100 uV^2 and
-#: delta in deep sleep a few hundred. Values above are artifacts (movement, electrode pops).
-ABS_POWER_UPPER: dict[str, float] = {"delta": 500.0, "theta": 200.0, "alpha": 200.0, "beta": 100.0, "gamma": 50.0}
-#: Variance bound for Hjorth activity, uV^2 (the whole-band power, same reasoning: +-100 uV swing).
-ACTIVITY_UPPER = 2500.0
+#: Public range of the log10 band powers, log10(uV^2): 0.01 to 10^5 uV^2. Scalp EEG band powers run
+#: from ~1 uV^2 (gamma and beta at rest) to ~10^3-10^4 uV^2 (delta in slow-wave sleep, frontal delta
+#: with eye movements, DC drift of unfiltered recordings): the 64-channel BCI2000 recording of the
+#: shared data has median delta power 10^3.1 uV^2 (its 99th percentile 10^4.7, maximum 10^5.04) and
+#: was above the former linear bound of 500 uV^2 in 76 % of windows. Two decades below cover quiet
+#: channels and low-passed amplifiers (the OpenBCI recording, 125 Hz, has one channel with gamma
+#: below 0.1 uV^2 in 4 % of windows); a flat channel's log power is undefined (NaN).
+LOG_POWER_RANGE = (-2.0, 5.0)
+#: Public range of log10 Hjorth activity (the variance), log10(uV^2): 1 to 10^6 uV^2 (the whole band,
+#: drift included: the BCI2000 recording reaches 10^5.03).
+LOG_ACTIVITY_RANGE = (0.0, 6.0)
+#: Upper bound of Hjorth complexity, 1.
+COMPLEXITY_UPPER = 25.0
+#: Public range of log10 Hjorth activity (the variance), log10(uV^2): 0.1 to 10^5 uV^2 (+-300 uV swings).
+LOG_ACTIVITY_RANGE = (-1.0, 5.0)
 #: Line length bound, uV/s: 100 uV amplitude at 45 Hz is ~ 2 * 100 * 45 * 2 = 18000 uV/s.
 LINE_LENGTH_UPPER = 20000.0
 
@@ -302,6 +314,9 @@ class EegExtractor:
         if plan.faa is not None:
             r, left = float(absp[2, plan.faa[0]]), float(absp[2, plan.faa[1]])
             out[-1] = math.log(r) - math.log(left) if r > 0 and left > 0 else np.nan
+        # released on a log scale: absolute band powers and Hjorth activity (NaN where not positive)
+        _log10_rows(rows[:nb])
+        _log10_rows(rows[_TD.start : _TD.start + 1])
 
     def _plan(self, channels: tuple[str, ...], rate: float, n: int) -> _Plan:
         key = (channels, rate, n)
@@ -319,6 +334,14 @@ class EegExtractor:
 #: middle two into mobility and complexity.
 _N_ROWS = 2 * len(BANDS) + 6
 _TD = slice(2 * len(BANDS) + 2, 2 * len(BANDS) + 6)
+
+
+def _log10_rows(a: np.ndarray) -> None:
+    """``a = log10(a)`` in place; NaN where ``a`` is not positive (a flat channel has no log power)."""
+    pos = a > 0
+    np.log10(a, out=a, where=pos)
+    if not pos.all():
+        a[~pos] = np.nan
 
 
 def _undefined(p: np.ndarray, rows: np.ndarray, n_bins: int) -> None:
@@ -573,14 +596,17 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
 
     specs: list[FeatureSpec] = []
     for band in BANDS:
-        specs += [FeatureSpec(f"{band}_abs.{ch}", "uV^2", 0.0, ABS_POWER_UPPER[band]) for ch in channels]
+        specs += [FeatureSpec(f"{band}_log.{ch}", "log10(uV^2)", *LOG_POWER_RANGE) for ch in channels]
     for band in BANDS:
         specs += [FeatureSpec(f"{band}_rel.{ch}", "1", 0.0, 1.0) for ch in channels]
     specs += [FeatureSpec(f"sef95.{ch}", "Hz", TOTAL_RANGE[0], TOTAL_RANGE[1]) for ch in channels]
     specs += [FeatureSpec(f"spectral_entropy.{ch}", "1", 0.0, 1.0) for ch in channels]
-    specs += [FeatureSpec(f"hjorth_activity.{ch}", "uV^2", 0.0, ACTIVITY_UPPER) for ch in channels]
+    specs += [FeatureSpec(f"hjorth_log_activity.{ch}", "log10(uV^2)", *LOG_ACTIVITY_RANGE) for ch in channels]
     specs += [FeatureSpec(f"hjorth_mobility.{ch}", "Hz", 0.0, 60.0) for ch in channels]
-    specs += [FeatureSpec(f"hjorth_complexity.{ch}", "1", 1.0, 10.0) for ch in channels]
+    # complexity is 1 for a sine and ~2-4 for waking EEG; slow waves under fast activity (sleep, drift
+    # with muscle noise) reach 15-25: the shared OpenBCI sleep recording's frontal channels had 12-14 %
+    # of windows above the former bound 10, and their 99th percentile is 22
+    specs += [FeatureSpec(f"hjorth_complexity.{ch}", "1", 1.0, COMPLEXITY_UPPER) for ch in channels]
     specs += [FeatureSpec(f"line_length.{ch}", "uV/s", 0.0, LINE_LENGTH_UPPER) for ch in channels]
     specs.append(FeatureSpec("alpha_theta_ratio", "1", 0.0, 10.0))
     faa = _faa_pair(channels)

@@ -3,7 +3,8 @@
 The window is demeaned, Hann-tapered and zero-padded to at least 2048 points; ``resp_rate`` is the
 frequency of the largest spectral peak within 0.1-1.0 Hz (6-60 breaths/min), refined by a parabola
 on the log power, times 60. NaN when the peak holds less than 10 % of the 0.05-2 Hz power (no
-periodic breathing in the window).
+periodic breathing in the window) or when the largest in-band value sits at a band edge below a
+larger neighbour outside the band (the breathing, if any, is slower than 6 or faster than 60 per min).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def breathing_rate(x: np.ndarray, rate: float, band: tuple[float, float] = (0.1,
         return float("nan")
     k = sel[int(np.argmax(p[sel]))]
     if p[k] * 5 < 0.1 * p[wide].sum():  # a peak ~5 bins wide holding < 10 % of the power
+        return float("nan")
+    if p[k - 1] > p[k] or p[k + 1] > p[k]:  # the peak lies outside the band, at its edge: not in range
         return float("nan")
     if 0 < k < p.size - 1:
         a, b, c = np.log(p[k - 1 : k + 2] + 1e-300)

@@ -64,7 +64,7 @@ def test_heart_rate_matches_annotations_record100(record100: tuple[np.ndarray, f
     err = np.asarray(errors)
     assert err.size > 1700
     within = np.mean(err <= 2.0)  # NaN compares False: an undetected window counts as a failure
-    assert within >= 0.95, f"only {within:.1%} of {err.size} windows within 2 bpm"
+    assert within >= 0.99, f"only {within:.1%} of {err.size} windows within 2 bpm"  # measured 100 %
 
 
 def test_rmssd_matches_annotations_record100(record100: tuple[np.ndarray, float, np.ndarray]) -> None:

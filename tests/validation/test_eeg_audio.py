@@ -42,15 +42,26 @@ def test_band_powers_match_mne_psd_array_welch(shared_data: Path) -> None:
         df = freqs[1] - freqs[0]
         for band, (lo, hi) in BANDS.items():
             ref = psd[:, (freqs >= lo) & (freqs < hi)].sum(axis=1) * df
-            ours = np.array([feats[f"{band}_abs.{ch}"] for ch in channels])
+            ours = 10.0 ** np.array([feats[f"{band}_log.{ch}"] for ch in channels])
             worst = max(worst, float(np.max(np.abs(ours - ref) / ref)))
     assert worst <= 0.01, f"worst relative difference {worst:.3%}"
     assert "frontal_alpha_asymmetry" in feats  # F3./F4. resolve to the 10-20 names
 
 
-def test_speech_activity_matches_rttm(shared_data: Path) -> None:
-    """Per 1 s window: speech when at least half of its 25 ms sub-frames are speech, versus RTTM
-    turns covering at least half of the window."""
+def _speech_agreement(x: np.ndarray, rate: float, covered: np.ndarray) -> tuple[float, int]:
+    """Fraction of 1 s windows where ``speech_ratio >= 0.5`` equals RTTM turns covering >= half."""
+    (mic,) = feature_sets("mic")
+    agree = []
+    for w in iter_windows(mic, x[None], rate, ("mic",), ("FS",)):
+        ours = mic.compute(w)["speech_ratio"] >= 0.5
+        ref = covered[w.start_sample : w.start_sample + w.data.shape[1]].mean() >= 0.5
+        agree.append(ours == ref)
+    return float(np.mean(agree)), len(agree)
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data: Path) -> tuple[np.ndarray, float, np.ndarray]:
+    """(samples in full scale, rate Hz, per-sample RTTM speech mask)."""
     import scipy.io.wavfile
 
     rate, pcm = scipy.io.wavfile.read(need(shared_data / "audio" / "speech_2spk_16k.wav"))
@@ -61,11 +72,21 @@ def test_speech_activity_matches_rttm(shared_data: Path) -> None:
         if f and f[0] == "SPEAKER":
             a, d = float(f[3]), float(f[4])
             covered[int(a * rate) : int((a + d) * rate)] = True
-    (mic,) = feature_sets("mic")
-    agree = []
-    for w in iter_windows(mic, x[None], float(rate), ("mic",), ("FS",)):
-        ours = mic.compute(w)["speech_ratio"] >= 0.5
-        ref = covered[w.start_sample : w.start_sample + w.data.shape[1]].mean() >= 0.5
-        agree.append(ours == ref)
-    assert len(agree) >= 55
-    assert np.mean(agree) >= 0.90, f"speech decision agrees in only {np.mean(agree):.1%} of windows"
+    return x, float(rate), covered
+
+
+def test_speech_activity_matches_rttm(speech: tuple[np.ndarray, float, np.ndarray]) -> None:
+    """Per 1 s window (WebRTC VAD): speech when at least half of its 20 ms frames are speech, versus
+    RTTM turns covering at least half of the window. Measured 100 % (59 windows)."""
+    x, rate, covered = speech
+    agreement, n = _speech_agreement(x, rate, covered)
+    assert n >= 55
+    assert agreement >= 0.90, f"speech decision agrees in only {agreement:.1%} of {n} windows"
+
+
+def test_speech_activity_holds_on_quieter_speech(speech: tuple[np.ndarray, float, np.ndarray]) -> None:
+    """The same speech 10 dB quieter (about -43 dBFS, the far-field meeting level of issue 15).
+    Measured 91.5 %; 20 dB quieter gives 81 % (not asserted)."""
+    x, rate, covered = speech
+    agreement, n = _speech_agreement(x * 10 ** (-10 / 20), rate, covered)
+    assert agreement >= 0.85, f"speech decision agrees in only {agreement:.1%} of {n} windows at -10 dB"

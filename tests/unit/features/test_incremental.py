@@ -260,7 +260,7 @@ def test_entropy_of_a_spectrum_with_zero_bins_and_flat_channels() -> None:
     np.testing.assert_allclose(rows[11, :2], ent, rtol=1e-12)
     assert np.isnan(rows[5:12, 2]).all() and np.isfinite(rows[5:12, :2]).all()
     assert np.isfinite(rows[13:15, 0]).all() and np.isnan(rows[13:15, 1:]).all()  # mobility, complexity
-    assert rows[12, 1] == 0.0 and rows[15, 0] == 7.0  # activity, line length as given
+    assert np.isnan(rows[12, 1]) and rows[15, 0] == 7.0  # log activity of a flat channel: undefined; line length as given
 
 
 def test_cache_is_ignored_for_windows_with_interpolated_samples() -> None:
@@ -292,9 +292,9 @@ def test_feature_values_is_a_read_only_mapping_of_floats() -> None:
     d = out.to_dict()
     np.testing.assert_equal(dict(out), d)  # NaN-aware
     live = ext.compute(x[:4], RATE, CHANNELS[:4], ("uV",) * 4)  # no NaN: plain equality with a dict
-    assert live == live.to_dict() and live != {**live.to_dict(), "alpha_abs.F3": -1.0}
+    assert live == live.to_dict() and live != {**live.to_dict(), "alpha_log.F3": -1.0}
     assert all(isinstance(out[k], float) for k in out)
-    assert "alpha_abs.F3" in out and "nope" not in out
+    assert "alpha_log.F3" in out and "nope" not in out
     with pytest.raises(KeyError):
         out["nope"]
     with pytest.raises(ValueError):
@@ -343,7 +343,10 @@ def reference_features(x: np.ndarray, rate: float) -> np.ndarray:
         mob = np.where(v0 > 0, np.sqrt(v1 / v0) * rate / (2 * np.pi), np.nan)
         comp = np.where((v0 > 0) & (v1 > 0), np.sqrt(v2 / v1) / np.sqrt(v1 / v0), np.nan)
     line = np.abs(dx).mean(axis=1) * rate
-    per_channel = np.concatenate([absp.T, rel.T, np.stack([sef, ent, v0, mob, comp, line])])
+    with np.errstate(divide="ignore"):  # released on a log scale, undefined (NaN) where not positive
+        log_absp = np.where(absp > 0, np.log10(np.where(absp > 0, absp, 1.0)), np.nan)
+        log_v0 = np.where(v0 > 0, np.log10(np.where(v0 > 0, v0, 1.0)), np.nan)
+    per_channel = np.concatenate([log_absp.T, rel.T, np.stack([sef, ent, log_v0, mob, comp, line])])
     theta = absp[:, 1].mean()
     return np.concatenate([per_channel.ravel(), [absp[:, 2].mean() / theta if theta > 0 else np.nan]])
 
@@ -363,4 +366,5 @@ def test_incremental_and_from_scratch_equal_the_reference_definitions(offset: fl
         assert_same(got[: ref.size], ref)
         assert d == ref.size + 1  # + frontal_alpha_asymmetry: ln alpha(F4) - ln alpha(F3)
         n_ch = len(CHANNELS)
-        assert got[-1] == pytest.approx(math.log(ref[2 * n_ch + 2]) - math.log(ref[2 * n_ch + 1]), rel=0, abs=1e-9)
+        # alpha rows hold log10 powers: ln a - ln b = (log10 a - log10 b) ln 10
+        assert got[-1] == pytest.approx((ref[2 * n_ch + 2] - ref[2 * n_ch + 1]) * math.log(10.0), rel=0, abs=1e-9)
