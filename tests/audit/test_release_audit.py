@@ -142,7 +142,7 @@ def test_gaussian_path_holds_its_epsilon_delta(eps: float) -> None:
     res = audit_gaussian(eps, 1e-6, N, seed=f"gauss/{eps}".encode())
     assert res.passed, res
     # the zCDP conversion leaves some slack, never a factor of two
-    assert 0.7 * eps <= res.epsilon_exact <= eps, res
+    assert 0.6 * eps <= res.epsilon_exact <= eps, res
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
