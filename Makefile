@@ -18,7 +18,9 @@ install: $(STAMP)  ## venv and every dependency (runtime, tests, benchmarks)
 demo: install  ## broker up, worker, replay generated recordings for several devices, print releases and latency
 	$(BIN)/biopriv demo
 
-test: install  ## every test: unit, statistical audits, shared-data validation, integration on a live broker
+test: install  ## lint, types, then every test: unit, statistical audits, shared-data validation, integration on a live broker
+	$(BIN)/ruff check pipeline connectors tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 test-unit: install

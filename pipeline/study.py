@@ -78,7 +78,7 @@ _LAYOUT: dict[str, tuple[tuple[str, ...], float]] = {
 DEFAULT_STUDY: dict[str, Any] = {
     "budget": {"epsilon_per_day": 2.0, "lifetime_epsilon": 60.0, "scheduling": "population"},
     "sets": {
-        "hr": {"features": ["hr"], "period": "10min", "epsilon_per_day": 0.4},
+        "hr": {"features": ["hr"], "period": "10min", "epsilon_per_day": 0.4, "bounds": {"hr": [40, 180]}},
         "hrv": {"features": ["rmssd"], "period": "1h", "epsilon_per_day": 0.2},
         "eda": {"features": ["scl"], "period": "10min", "epsilon_per_day": 0.2},
         "acc": {"features": ["activity"], "period": "10min", "epsilon_per_day": 0.2},

@@ -118,10 +118,10 @@ def offline_counts(frames: list[Frame], tmp_path: Path, config: Path) -> dict[st
     from pipeline.processor import Processor
 
     keys = load_keys(tmp_path / "keys.json")
-    core = Processor(PrivacyEngine(PrivacyConfig.from_file(config), keys), keys.pseudonym)
     out: dict[str, int] = defaultdict(int)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PrivacyWarning)
+        warnings.simplefilter("ignore", PrivacyWarning)  # a stress configuration: no budget limit
+        core = Processor(PrivacyEngine(PrivacyConfig.from_file(config), keys), keys.pseudonym)
         for f in frames:
             for r in core.process(encode_frame(f), f.device_id.encode()).releases:
                 out[json.loads(r.value)["pseudonym"]] += 1
