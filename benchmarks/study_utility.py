@@ -23,7 +23,6 @@ truth (the mean over every device with a value). Writes ``benchmarks/results/stu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
