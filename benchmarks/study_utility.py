@@ -219,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _needed(v: dict[str, Any], devices: int) -> str:
+    """Devices for a day-mean 95 % half-width of 5 % of the bounds' range (the half-width scales as
+    1/sqrt(devices))."""
+    half, width = v["day_ci95_halfwidth"], v["bounds"][1] - v["bounds"][0]
+    if not isinstance(half, float) or not math.isfinite(half):
+        return "n/a"
+    return f"{devices * (half / (0.05 * width)) ** 2:,.0f}"
+
+
 def report_md(r: dict[str, Any]) -> str:
     lines = [
         "# Utility of the default study: population vs budget division",
@@ -230,19 +239,20 @@ def report_md(r: dict[str, Any]) -> str:
         "report fields alone (`estimate_present_mean`), truth is the non-private mean over every device "
         "with a value.",
         "",
-        "| set | feature | bounds | truth (day) | missing | division | eps/report | reports | per-period RMSE | day error | day 95% CI +- |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set | feature | bounds | truth (day) | missing | division | eps/report | reports | per-period RMSE | day error | day 95% CI +- | devices for CI +-5% of range |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in r["sets"].items():
         if "skipped" in e:
-            lines.append(f"| {name} | | | | | | | | {e['skipped']} | | |")
+            lines.append(f"| {name} | | | | | | | | {e['skipped']} | | | |")
             continue
         for scheduling in ("population", "budget"):
             for f, v in e[scheduling]["features"].items():
                 lines.append(
                     f"| {name} | {f} | {v['bounds'][0]:g}..{v['bounds'][1]:g} | {v['truth_day_mean']:.4g} | "
                     f"{v['missing_share']:.0%} | {scheduling} | {e[scheduling]['epsilon_per_report']:.3g} | {v['reports']} | "
-                    f"{v['period_rmse']} ({v['periods_estimable']:.0%} of periods) | {v['day_error']} | {v['day_ci95_halfwidth']} |"
+                    f"{v['period_rmse']} ({v['periods_estimable']:.0%} of periods) | {v['day_error']} | {v['day_ci95_halfwidth']} | "
+                    f"{_needed(v, r['devices'])} |"
                 )
     wins = {"population": 0, "budget": 0}
     for e in r["sets"].values():
@@ -255,8 +265,12 @@ def report_md(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"Day-mean error (|error| + CI half-width) is lower under population division for {wins['population']} "
-        f"feature(s) and under budget division for {wins['budget']}. Per-period RMSE is over the periods whose "
-        "estimate exists (under population division about devices/periods reports fall in each period).",
+        f"feature(s) and under budget division for {wins['budget']}: population division is the default. "
+        "Per-period RMSE is over the periods whose estimate exists (under population division about "
+        "devices/periods reports fall in each period; a period with too few reports has no positive presence "
+        "estimate). Per-period means are out of reach at this cohort size under 2 epsilon a day; day means need "
+        "the cohort sizes in the last column (a presence bit shares each report's epsilon, the price of unbiased "
+        "means when values are missing). Skin temperature has no shared recording and is not measured.",
     ]
     return "\n".join(lines) + "\n"
 
