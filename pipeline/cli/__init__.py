@@ -32,6 +32,7 @@ SUBCOMMANDS = (
     "audit",
     "study",
     "budget",
+    "keys",
     "bench",
 )
 
