@@ -163,6 +163,9 @@ class WorkerSettings:
     device_idle_s: float = 600.0
     #: ``uvloop`` (libuv event loop) or ``asyncio`` (the standard library's).
     event_loop: str = "uvloop"
+    #: Port of the worker's web server (``/metrics``, ``/healthz``, ``/readyz``); 0 disables it.
+    web_port: int = 0
+    web_host: str = "0.0.0.0"
 
 
 def build_processor(settings: WorkerSettings) -> Processor:
@@ -225,6 +228,12 @@ class StreamWorker(Service):
         self.with_state: set[str] = set()  # devices whose ledger or header was loaded from state
         self.checked: set[str] = set()  # devices of lost partitions already guarded or found with state
         self.layout: dict[str, int] = {}  # raw topic -> partition count, as the consumer sees it
+        self.last_checkpoint: float | None = None  # monotonic time of the last checkpoint written
+        self.recovering = 0  # recoveries under way
+        self.loop_running = False  # the consumer joined and the loop runs
+        from pipeline.metrics import WorkerMetrics
+
+        self.metrics = WorkerMetrics(self)
         self.meta_written: set[int] = set()  # state partitions given layout and key records
         self.verified: set[int] = set()  # state partitions whose layout and key records were checked
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
@@ -249,6 +258,7 @@ class StreamWorker(Service):
         )
         await self.consumer.start()
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        self.loop_running = True
 
     async def on_stop(self) -> None:
         """Finish the batch in hand, checkpoint and commit everything owned, leave the group."""
@@ -316,7 +326,9 @@ class StreamWorker(Service):
         if outcome.headers:  # durable before any release that depends on them is published
             await self._write_headers(outcome.headers, tp.partition)
         latency = self.settings.latency_headers
+        observe = self.metrics.observe_release
         for r in outcome.releases:
+            observe(r.last_send_ns, r.t_release_ns)
             headers = [("biopriv-t-release-ns", b"%d" % r.t_release_ns)]
             if latency:
                 headers += [("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq)]
@@ -428,6 +440,7 @@ class StreamWorker(Service):
             self.processor.dirty_devices |= cp.dirty
             raise
         self.checkpoints += 1
+        self.last_checkpoint = time.monotonic()
 
     async def _write_logged(self, cp: _Checkpoint) -> None:
         try:
@@ -515,6 +528,13 @@ class StreamWorker(Service):
         A state partition written under another raw partition count or key file is refused: the
         worker stops with a one-line error (:class:`~pipeline.errors.StateError`).
         """
+        self.recovering += 1
+        try:
+            await self._recover_partition(tp, first_offset)
+        finally:
+            self.recovering -= 1
+
+    async def _recover_partition(self, tp: tuple[str, int], first_offset: int) -> None:
         loop = asyncio.get_running_loop()
         read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
@@ -552,6 +572,27 @@ class StreamWorker(Service):
             log.info("rebuilt %s/%d from offset %d to %d: %d messages, %d windows recharged, %d replayed, %.2f s",
                      topic, partition, start, first_offset, len(frames), recharged, replayed, time.monotonic() - t0)
         self.recovered.add(tp)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """The processing loop runs (or has not been asked to stop)."""
+        return self.loop_running and not self._loop_done.is_set()
+
+    def ready(self) -> bool:
+        """Partitions are assigned and no recovery is under way."""
+        return self.alive() and bool(self.assigned) and self.recovering == 0
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned raw partition: high watermark minus the next offset to consume."""
+        out: dict[tuple[str, int], int] = {}
+        if self.consumer is None:
+            return out
+        for tp in self.assigned:
+            high, done = self.consumer.highwater(tp), self.consumed.get(tp)
+            if high is not None and done is not None:  # known once the partition was fetched from
+                out[(tp.topic, tp.partition)] = max(0, int(high) - done)
+        return out
 
     # -- periodic -----------------------------------------------------------------------------
 
@@ -594,6 +635,12 @@ class _ShellOnly(BootStrategy):
     enable_sensors = False
 
 
+class _ShellWithWeb(_ShellOnly):
+    """As :class:`_ShellOnly`, plus Faust's web server for ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    enable_web = True
+
+
 class _App(faust.App):
     BootStrategy = _ShellOnly
     stream_worker: StreamWorker | None = None
@@ -605,8 +652,30 @@ class _App(faust.App):
 
 def create_app(settings: WorkerSettings, processor: Processor) -> tuple[faust.App, StreamWorker]:
     """The Faust app hosting one :class:`StreamWorker` (plus its eviction and statistics timers)."""
-    app = _App(settings.group, autodiscover=False, web_enabled=False, datadir=str(settings.data_dir), store="memory://")
+    web = settings.web_port > 0
+    app = _App(settings.group, autodiscover=False, web_enabled=web, web_port=settings.web_port or 6066,
+               web_bind=settings.web_host, datadir=str(settings.data_dir), store="memory://")
+    if web:
+        app.boot_strategy = _ShellWithWeb(app)
     worker = app.stream_worker = StreamWorker(settings, processor)
+
+    if web:
+        from pipeline.metrics import CONTENT_TYPE
+
+        @app.page("/metrics")
+        async def metrics(self: Any, request: Any) -> Any:
+            return self.bytes(worker.metrics.text(), content_type=CONTENT_TYPE)
+
+        @app.page("/healthz")
+        async def healthz(self: Any, request: Any) -> Any:
+            ok = worker.alive()
+            return self.json({"alive": ok}, status=200 if ok else 503)
+
+        @app.page("/readyz")
+        async def readyz(self: Any, request: Any) -> Any:
+            ok = worker.ready()
+            return self.json({"ready": ok, "assigned": len(worker.assigned), "recovering": worker.recovering},
+                             status=200 if ok else 503)
 
     @app.timer(settings.checkpoint_interval_s)
     async def evict() -> None:

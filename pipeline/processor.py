@@ -87,7 +87,10 @@ class ProcessorStats:
     feature_errors: int = 0
     replayed: int = 0
     busy_ns: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)  # dead letters by reason
+    frames_by_stream: dict[str, int] = field(default_factory=dict)
+    releases_by_set: dict[str, int] = field(default_factory=dict)
+    suppressed_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class Processor:
@@ -168,6 +171,8 @@ class Processor:
         ``Outcome.replayed`` and ``stats.replayed``. Fresh windows are charged once and released.
         """
         self.stats.frames += 1
+        by_stream = self.stats.frames_by_stream
+        by_stream[frame.stream] = by_stream.get(frame.stream, 0) + 1
         out = Outcome(
             frame=FrameRef(frame.device_id, frame.stream, frame.seq, frame.n_samples, frame.sample_rate, frame.capture_ns)
         )
@@ -299,9 +304,13 @@ class Processor:
         pseudonym = self.pseudonym(request.device_id)
         if isinstance(result, PrivateRelease):
             self.stats.releases += 1
+            by_set = self.stats.releases_by_set
+            by_set[request.feature_set] = by_set.get(request.feature_set, 0) + 1
             out.releases.append(release_record(result, request, pseudonym, window, self._clock(), design))
         elif isinstance(result, Suppression):
             self.stats.suppressed += 1
+            by_reason = self.stats.suppressed_by_reason
+            by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
             out.events.append(suppression_event(result, request, pseudonym))
         else:  # pragma: no cover - engine contract
             raise TypeError(f"privacy engine returned {type(result).__name__}")

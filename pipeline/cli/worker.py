@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-key-file", type=Path, action="append", default=[], metavar="PATH", help="another key file holding other sections, e.g. the pseudonym key kept apart from the noise keys (repeatable; biopriv keys init --kinds)")
     p.add_argument("--latency-headers", action="store_true", help="add biopriv-t-frame-send-ns and biopriv-last-seq headers to releases (latency benchmark); off by default: device metadata outside the privacy model")
     p.add_argument("--ledger-loss-guard", type=float, default=600.0, help="when a partition's state was lost, suppress a device's windows for this many seconds of capture time after the first one seen (default %(default)s)")
+    p.add_argument("--web-port", type=int, default=0, help="serve /metrics (Prometheus), /healthz and /readyz on this port (default 0: off; the container and Kubernetes use 6066)")
+    p.add_argument("--web-host", default="0.0.0.0", help="address the web server binds (default %(default)s)")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between statistics log lines (default %(default)s)")
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         event_loop=args.event_loop,
+        web_port=args.web_port,
+        web_host=args.web_host,
     )
     run_worker(settings, loglevel=args.log_level)
     return 0

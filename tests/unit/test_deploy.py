@@ -29,9 +29,6 @@ K8S = REPO / "deploy" / "k8s"
 #: Kubernetes version whose schemas the core resources are validated against.
 K8S_VERSION = "1.33.0"
 CORE_KINDS = {"Namespace", "ConfigMap", "Deployment", "Service", "Secret"}
-#: Worker options of the deployment contract that another change adds (the health web server);
-#: once ``biopriv worker`` knows them they are checked like every other option.
-PENDING_WORKER_OPTIONS = {"--web-port"}
 
 
 def load_kustomization() -> list[dict[str, Any]]:
@@ -188,15 +185,9 @@ def worker_parser() -> argparse.ArgumentParser:
 
 
 def check_worker_args(args: list[str]) -> None:
-    """The worker accepts ``args`` (options of the contract still pending are set aside)."""
-    parser = worker_parser()
-    known = {o for a in parser._actions for o in a.option_strings}
-    rest = list(args)
-    for option in PENDING_WORKER_OPTIONS - known:
-        if option in rest:
-            i = rest.index(option)
-            del rest[i:i + 2]
-    parser.parse_args(rest)
+    """The worker accepts ``args`` (the health web server's ``--web-port`` included)."""
+    parsed = worker_parser().parse_args(list(args))
+    assert parsed.web_port == 6066
 
 
 def test_worker_command_lines_parse() -> None:
