@@ -37,80 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_model, load_average  # noqa: E402
-from pipeline.channels import public_channel_names  # noqa: E402
+from connectors.cohort import cohort, window_values  # noqa: E402
 from pipeline.errors import PrivacyError  # noqa: E402
-from pipeline.features import feature_sets  # noqa: E402
-from pipeline.features.offline import iter_features  # noqa: E402
+from pipeline.plan import predict  # noqa: E402
 from pipeline.privacy import KeyRing, PrivacyEngine, PrivateRelease, ReleaseRequest, estimate_present_mean  # noqa: E402
 from pipeline.study import DEFAULT_STUDY, Study, StudySet, from_mapping  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 DAY0 = 1_767_225_600 * 10**9
-
-#: Recordings per stream (relative to ../shared/data); EEG limited to its first 124 s.
-SOURCES = {
-    "ecg": ["ecg/100.hea", "multi/mixedsignals.hea"],
-    "ppg": ["multi/mixedsignals.hea", "wearable/biosppy_ppg.txt"],
-    "eda": ["wearable/biosppy_eda.txt"],
-    "acc": ["wearable/biosppy_acc.txt"],
-    "resp": ["wearable/biosppy_resp.txt", "multi/mixedsignals.hea"],
-    "mic": ["audio/speech_2spk_16k.wav"],
-    "eeg": ["eeg/bci2000_eegmmi_64ch.edf", "eeg/openbci_cosleep_19ch.bdf"],
-}
-
-
-def window_values(study: Study) -> dict[str, list[np.ndarray]]:
-    """Per feature set: one array (windows x study features, NaN where undefined) per recording."""
-    from connectors.recordings import open_recording
-
-    out: dict[str, list[np.ndarray]] = {name: [] for name in study.sets}
-    for stream, paths in SOURCES.items():
-        for rel in paths:
-            path = DATA / rel
-            if not path.exists():
-                continue
-            rec = open_recording(path)
-            data = rec.streams.get(stream)
-            if data is None:
-                continue
-            for fs in feature_sets(stream):
-                s = study.sets.get(fs.name)
-                if s is None:
-                    continue
-                raw = [x.name for x in fs.specs(data.channels, data.rate)]
-                public = [x.name for x in fs.specs(public_channel_names(data.channels), data.rate)]
-                rename = dict(zip(raw, public, strict=True))
-                rows = []
-                for wf in iter_features(fs, data.samples, data.rate, data.channels, data.units):
-                    vals = {rename.get(k, k): v for k, v in wf.features.items()}
-                    rows.append([f.value(vals) for f in s.features])
-                if rows:
-                    out[fs.name].append(np.array(rows, dtype=np.float64))
-                    print(f"  {fs.name:<5} {rel:<32} {len(rows):>5} windows", flush=True)
-    return out
-
-
-def cohort(s: StudySet, sources: list[np.ndarray], devices: int, rng: np.random.Generator) -> np.ndarray:
-    """True report values, shape (devices, periods, features), NaN = no valid window in the block."""
-    from pipeline.features import DEFAULT_WINDOWS
-
-    per_period = max(1, int(s.period_s / DEFAULT_WINDOWS[s.name].hop_s))
-    sizes = np.array([len(x) for x in sources])
-    weights = sizes / sizes.sum()
-    out = np.empty((devices, s.periods_per_day, len(s.features)))
-    for d in range(devices):
-        src = rng.choice(len(sources), size=s.periods_per_day, p=weights)
-        for p, j in enumerate(src):
-            x = sources[j]
-            k = min(per_period, len(x))
-            a = int(rng.integers(0, len(x) - k + 1))
-            block = x[a : a + k]
-            ok = np.isfinite(block)
-            with np.errstate(invalid="ignore"):
-                out[d, p] = np.where(ok.any(axis=0), np.nansum(block, axis=0) / np.maximum(ok.sum(axis=0), 1), np.nan)
-    return out
-
 
 def release(s: StudySet, study: Study, truth: np.ndarray, seed: int) -> list[list[dict[str, Any]]]:
     """Privatize the scheduled reports of one day; records (published fields) per period."""
@@ -191,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         data["budget"]["scheduling"] = scheduling
         studies[scheduling] = from_mapping(data, f"default study, {scheduling} division")
     print("features of the real recordings:", flush=True)
-    sources = window_values(studies["population"])
+    sources = window_values(studies["population"], DATA, verbose=True)
     results: dict[str, Any] = {"devices": args.devices, "seed": args.seed, "sets": {}}
     for name, s in studies["population"].sets.items():
         if not sources[name]:
@@ -204,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             ss = study.sets[name]
             t1 = time.time()
             by_period = release(ss, study, truth, args.seed)
-            entry[scheduling] = {"epsilon_per_report": ss.epsilon_per_report, "features": evaluate(ss, truth, by_period)}
+            feats = evaluate(ss, truth, by_period)
+            expected = {f: v["truth_day_mean"] for f, v in feats.items()}
+            for row in predict(study, args.devices, expected):
+                if row["feature"] in feats:  # the planner's prediction beside the measured interval
+                    feats[row["feature"]]["planner_day_halfwidth"] = round(row["half_width_day"], 4)
+            entry[scheduling] = {"epsilon_per_report": ss.epsilon_per_report, "features": feats}
             print(f"{name:<5} {scheduling:<10} eps/report {ss.epsilon_per_report:.4g}: "
                   + "; ".join(f"{f} period RMSE {v['period_rmse']}, day error {v['day_error']} +- {v['day_ci95_halfwidth']}"
                               for f, v in entry[scheduling]["features"].items()) + f" ({time.time() - t1:.0f} s)", flush=True)
@@ -239,12 +179,12 @@ def report_md(r: dict[str, Any]) -> str:
         "report fields alone (`estimate_present_mean`), truth is the non-private mean over every device "
         "with a value.",
         "",
-        "| set | feature | bounds | truth (day) | missing | division | eps/report | reports | per-period RMSE | day error | day 95% CI +- | devices for CI +-5% of range |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set | feature | bounds | truth (day) | missing | division | eps/report | reports | per-period RMSE | day error | day 95% CI +- | planner's +- | devices for CI +-5% of range |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in r["sets"].items():
         if "skipped" in e:
-            lines.append(f"| {name} | | | | | | | | {e['skipped']} | | | |")
+            lines.append(f"| {name} | | | | | | | | {e['skipped']} | | | | |")
             continue
         for scheduling in ("population", "budget"):
             for f, v in e[scheduling]["features"].items():
@@ -252,7 +192,7 @@ def report_md(r: dict[str, Any]) -> str:
                     f"| {name} | {f} | {v['bounds'][0]:g}..{v['bounds'][1]:g} | {v['truth_day_mean']:.4g} | "
                     f"{v['missing_share']:.0%} | {scheduling} | {e[scheduling]['epsilon_per_report']:.3g} | {v['reports']} | "
                     f"{v['period_rmse']} ({v['periods_estimable']:.0%} of periods) | {v['day_error']} | {v['day_ci95_halfwidth']} | "
-                    f"{_needed(v, r['devices'])} |"
+                    f"{v.get('planner_day_halfwidth')} | {_needed(v, r['devices'])} |"
                 )
     wins = {"population": 0, "budget": 0}
     for e in r["sets"].values():

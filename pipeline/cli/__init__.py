@@ -31,6 +31,8 @@ SUBCOMMANDS = (
     "generate",
     "audit",
     "study",
+    "plan",
+    "aggregate",
     "budget",
     "keys",
     "bench",

@@ -141,6 +141,71 @@ def estimate_frequency(
     ]
 
 
+@dataclass
+class ValueStats:
+    """Sufficient statistics of the released values of one numeric feature (one noise setting)."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        self.total += value
+        self.total_sq += value * value
+
+    def mean_and_variance(self) -> tuple[float, float]:
+        """The mean of the released values and its variance, estimated from their spread.
+
+        Each released value is unbiased for its device's true value, so the mean is unbiased for
+        the reporting devices' mean; its variance is estimated by the sample variance over ``n``
+        (the noise, which dominates, plus the devices' own spread: slightly conservative when
+        every device of the cohort reports).
+        """
+        if self.n < 2:
+            raise PrivacyError(f"a variance needs at least 2 reports, got {self.n}")
+        m = self.total / self.n
+        s2 = max(0.0, (self.total_sq - self.n * m * m) / (self.n - 1))
+        return m, s2 / self.n
+
+
+@dataclass
+class BitStats:
+    """Randomized-response presence bits of one feature: count of reports and of ones."""
+
+    epsilon: float
+    n: int = 0
+    ones: int = 0
+
+    def add(self, bit: float) -> None:
+        self.n += 1
+        self.ones += int(bit >= 0.5)
+
+    def share_and_variance(self) -> tuple[float, float]:
+        """Debiased share of devices with a value, and its variance."""
+        if self.n < 1:
+            raise PrivacyError("no presence bits")
+        p, q = (float(a) for a in mech.grr_probs(self.epsilon, 2))
+        y = self.ones / self.n
+        return (y - q) / (p - q), y * (1.0 - y) / (max(self.n - 1, 1) * (p - q) ** 2)
+
+
+def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, confidence: float = 0.95) -> Estimate:
+    """Mean over the devices with a value: ``(v - (1 - p) c) / p`` with its delta-method variance
+    (``bits`` None: the plain mean of the released values)."""
+    v, var_v = values.mean_and_variance()
+    if bits is None:
+        mu, var = v, var_v
+    else:
+        share, var_p = bits.share_and_variance()
+        if share <= 0.0:
+            raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")
+        mu = (v - (1.0 - share) * fallback) / share
+        var = var_v / share**2 + (v - fallback) ** 2 * var_p / share**4
+    half = _z(confidence) * math.sqrt(var)
+    return Estimate(mu, var, mu - half, mu + half, values.n, confidence)
+
+
 def estimate_present_mean(
     records: list[dict[str, Any]], feature: str, *, confidence: float = 0.95
 ) -> Estimate:
@@ -155,21 +220,18 @@ def estimate_present_mean(
     delta-method interval. Ignoring the presence bit biases the mean toward ``c``.
     """
     present = f"{feature}.present"
-    vals = [r["values"][feature] for r in records if feature in r.get("values", {})]
-    bits = [r["values"][present] for r in records if present in r.get("values", {})]
-    if not vals or not bits:
+    values, bits = ValueStats(), None
+    fallback = math.nan
+    for r in records:
+        got = r.get("values", {})
+        if feature in got:
+            values.add(float(got[feature]))
+            n = r["noise"][feature]
+            fallback = (n["lower"] + n["upper"]) / 2.0
+        if present in got:
+            if bits is None:
+                bits = BitStats(float(r["noise"][present]["epsilon"]))
+            bits.add(float(got[present]))
+    if values.n == 0 or bits is None:
         raise PrivacyError(f"no reports of {feature!r} and {present!r} among the {len(records)} records")
-    nv = next(r["noise"][feature] for r in records if feature in r.get("values", {}))
-    nb = next(r["noise"][present] for r in records if present in r.get("values", {}))
-    v = estimate_mean(np.asarray(vals), mechanism=nv["mechanism"], epsilon=nv["epsilon"], lower=nv["lower"],
-                      upper=nv["upper"], grid_steps=nv["grid_steps"], confidence=confidence,
-                      sigma_steps=nv.get("sigma_steps"))
-    p = estimate_frequency(np.asarray(bits, dtype=np.int64), n_categories=2, epsilon=nb["epsilon"],
-                           confidence=confidence)[1]
-    if p.value <= 0.0:
-        raise PrivacyError(f"the estimated share of devices with a value of {feature!r} is not positive ({p.value:.3g})")
-    c = (nv["lower"] + nv["upper"]) / 2.0
-    mu = (v.value - (1.0 - p.value) * c) / p.value
-    var = v.variance / p.value**2 + (v.value - c) ** 2 * p.variance / p.value**4
-    half = _z(confidence) * math.sqrt(var)
-    return Estimate(mu, var, mu - half, mu + half, len(vals), confidence)
+    return present_mean(values, bits, fallback, confidence=confidence)

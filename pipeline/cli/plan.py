@@ -1,0 +1,75 @@
+"""``biopriv plan``: predicted interval half-widths of a study's estimates, or the devices needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan`` subcommand."""
+    p = subparsers.add_parser(
+        "plan",
+        help="predict how precise a study's population estimates will be, or how many devices it needs",
+        description="From the study (its mechanisms, epsilon per report, scheduling and report periods), predict "
+        "the 95 %% interval half-width of each feature's population mean per report period and per UTC day for "
+        "--devices devices; with --target FEATURE=HALF_WIDTH, the devices a day's estimate needs. The same "
+        "variances as the aggregator's intervals (docs/analysis.md).",
+    )
+    p.add_argument("--study", type=Path, default=None, metavar="FILE", help="study file (default: built-in)")
+    p.add_argument("--devices", type=int, default=1000, help="cohort size (default %(default)s)")
+    p.add_argument("--expected", action="append", default=[], metavar="FEATURE=VALUE",
+                   help="expected population value of a feature (default: the midpoint of its bounds, the worst case)")
+    p.add_argument("--target", action="append", default=[], metavar="FEATURE=HALF_WIDTH",
+                   help="print the devices needed for this 95 %% half-width of the day's mean (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON object per feature")
+    p.set_defaults(func=run)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ConfigError(f"{what} must be FEATURE=NUMBER, got {item!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.plan import devices_for, predict
+    from pipeline.study import load_study
+
+    if args.devices < 1:
+        raise ConfigError(f"--devices must be >= 1, got {args.devices}")
+    study = load_study(args.study)
+    expected = _pairs(args.expected, "--expected")
+    targets = _pairs(args.target, "--target")
+    known = {f.name for s in study.sets.values() for f in s.features}
+    for name in [*expected, *targets]:
+        if name not in known:
+            raise ConfigError(f"unknown feature {name!r}; the study releases {', '.join(sorted(known))}")
+    rows = predict(study, args.devices, expected)
+    for r in rows:
+        if r["feature"] in targets:
+            r["target_half_width"] = targets[r["feature"]]
+            r["devices_needed"] = devices_for(study, r["feature"], targets[r["feature"]], expected=expected)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"study {study.source}: {args.devices} devices, 95 % interval half-widths of the population mean")
+    print(f"{'FEATURE':<22} {'PERIOD':>7} {'REPORTS/PERIOD':>14} {'+- PER PERIOD':>14} {'+- PER DAY':>11}")
+    for r in rows:
+        print(f"{r['feature']:<22} {r['period_s']:>6}s {r['reports_per_period']:>14.1f} {r['half_width_period']:>14.4g} "
+              f"{r['half_width_day']:>11.4g}")
+        if "devices_needed" in r:
+            print(f"  -> +-{r['target_half_width']:g} per day needs {r['devices_needed']:,} devices")
+    return 0
