@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         thread = threading.Thread(target=do_replay, name="replay", daemon=True)
         thread.start()
 
+        from pipeline.aggregate import Aggregator
+
+        aggregator = Aggregator(days=False)
         latencies: list[float] = []
         per_modality: Counter[str] = Counter()
         pseudonyms: set[str] = set()
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
                 now = time.time_ns()
                 for rec in batch:
                     doc = json.loads(rec.value)
+                    aggregator.add(doc)
                     sent = dict(rec.headers or ()).get("biopriv-t-frame-send-ns")  # --latency-headers
                     ms = (now - int(sent)) / 1e6 if sent else float("nan")
                     latencies.append(ms)
@@ -179,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
             )
         print(
             "  each value is one local-DP release: noisy on its own by design (default epsilon 0.1 per release);\n"
-            "  averages over many devices are accurate, see pipeline.privacy.estimate_mean and docs/privacy.md"
+            "  what an analyst reads is the population estimate with its interval (biopriv aggregate):"
         )
+        _print_estimates(aggregator, clipped)
         ok = len(pseudonyms) >= 3 and len(per_modality) >= 3
         if not ok:
             print(f"biopriv: error: expected releases from 3+ devices in 3 modalities; worker log: {worker_log}", file=sys.stderr)
@@ -198,6 +203,47 @@ def run(args: argparse.Namespace) -> int:
             pass
         if started_broker and not args.keep_broker:
             run_script("down")
+
+
+#: Features the demo summarizes (those of the default study that the generated recordings carry).
+SUMMARY_FEATURES = ("hr", "rmssd", "scl", "activity", "temp_mean", "resp_rate", "speech_ratio")
+
+
+def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
+    """Each summary feature's private estimate and 95 % interval beside the non-private mean of the
+    same windows, and the planner's cohort size when the interval is too wide to use."""
+    from pipeline.features import feature_sets
+    from pipeline.features.offline import iter_features
+    from pipeline.plan import devices_for
+    from pipeline.study import Study
+
+    truth: dict[str, list[float]] = {}
+    for rec in recordings:
+        for data in rec.streams.values():
+            for fs in feature_sets(data.name):
+                if not any(f in SUMMARY_FEATURES for f in (s.name for s in fs.specs(data.channels, data.rate))):
+                    continue
+                for wf in iter_features(fs, data.samples, data.rate, data.channels, data.units):
+                    for name, v in wf.features.items():
+                        if name in SUMMARY_FEATURES and v == v:
+                            truth.setdefault(name, []).append(float(v))
+    study = Study.default()
+    by_feature = {e["feature"]: e for e in aggregator.estimates()}
+    print(f"  {'feature':<14} {'private estimate [95 % interval]':<40} {'non-private':>11}  reports")
+    for name in SUMMARY_FEATURES:
+        e, t = by_feature.get(name), truth.get(name)
+        if e is None or not t:
+            continue
+        lo, hi = e["ci95"]
+        mean = sum(t) / len(t)
+        line = f"  {name:<14} {e['estimate']:>10.4g} [{lo:.4g}, {hi:.4g}]".ljust(57) + f"{mean:>11.4g}  {e['reports']}"
+        print(line)
+        spec = next(f.spec for s in study.sets.values() for f in s.features if f.name == name)
+        target = 0.05 * (spec.upper - spec.lower)
+        if (hi - lo) / 2 > target:
+            need = devices_for(study, name, target, expected={name: mean})
+            print(f"  {'':<14} too few releases for a useful interval: under the default study a +-{target:.3g} "
+                  f"interval on the day's mean needs about {need:,} devices (biopriv plan)")
 
 
 def _clip(recording: Any, seconds: float) -> Any:
