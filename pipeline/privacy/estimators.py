@@ -12,7 +12,7 @@ Binary and categorical releases (randomized response) are debiased per category:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -141,18 +141,46 @@ def estimate_frequency(
     ]
 
 
+def _grow(partials: list[float], x: float) -> None:
+    """Add ``x`` to an exact sum held as non-overlapping partials (the msum recipe behind fsum)."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
 @dataclass
 class ValueStats:
-    """Sufficient statistics of the released values of one numeric feature (one noise setting)."""
+    """Sufficient statistics of the released values of one numeric feature (one noise setting).
+
+    The sums are kept exactly (Shewchuk's non-overlapping partials, as in :func:`math.fsum`), so the
+    statistics do not depend on the order the values arrive in: an aggregator that reads a topic's
+    partitions in another interleaving, after a restart, computes the very same bits.
+    """
 
     n: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
+    _total: list[float] = field(default_factory=list)
+    _total_sq: list[float] = field(default_factory=list)
 
     def add(self, value: float) -> None:
         self.n += 1
-        self.total += value
-        self.total_sq += value * value
+        _grow(self._total, value)
+        _grow(self._total_sq, value * value)
+
+    @property
+    def total(self) -> float:
+        return math.fsum(self._total)
+
+    @property
+    def total_sq(self) -> float:
+        return math.fsum(self._total_sq)
 
     def mean_and_variance(self) -> tuple[float, float]:
         """The mean of the released values and its variance, estimated from their spread.
@@ -165,7 +193,7 @@ class ValueStats:
         if self.n < 2:
             raise PrivacyError(f"a variance needs at least 2 reports, got {self.n}")
         m = self.total / self.n
-        s2 = max(0.0, (self.total_sq - self.n * m * m) / (self.n - 1))
+        s2 = max(0.0, math.fsum([*self._total_sq, -self.n * m * m]) / (self.n - 1))
         return m, s2 / self.n
 
 
