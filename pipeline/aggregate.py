@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import PrivacyError
-from pipeline.privacy.estimators import BitStats, ValueStats, present_mean
+from pipeline.privacy.estimators import BitStats, ValueStats, least_variance, present_mean
 
 __all__ = ["AGGREGATE_SCHEMA_VERSION", "Aggregator", "GroupKey"]
 
@@ -59,6 +59,13 @@ class Aggregator:
         self._groups: dict[GroupKey, _Group] = {}
         self.duplicates = 0
         self.rejected = 0
+        self._floors: dict[str, float] = {}
+
+    def _floor(self, noise: dict[str, Any]) -> float:
+        key = repr(sorted(noise.items()))
+        if key not in self._floors:
+            self._floors[key] = least_variance(noise)
+        return self._floors[key]
 
     def add(self, record: Any) -> set[GroupKey]:
         """Add one release record; returns the groups it changed (empty for a duplicate or a
@@ -98,6 +105,8 @@ class Aggregator:
                         g.bits = BitStats(float(n.get("epsilon", math.nan)))
                     g.bits.add(float(value))
                 else:
+                    if g.noise != n:
+                        g.values.floor = self._floor(n)
                     g.values.add(float(value))
                     g.noise = n
                 changed.add(key)

@@ -12,6 +12,7 @@ Binary and categorical releases (randomized response) are debiased per category:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -141,6 +142,20 @@ def estimate_frequency(
     ]
 
 
+def least_variance(noise: Mapping[str, Any], points: int = 257) -> float:
+    """The least variance of one released value over the feature's bounds, for the noise
+    descriptor of a release record (``mechanism``, ``epsilon``, ``lower``, ``upper``,
+    ``grid_steps``, ``sigma_steps``); 0 when the descriptor is incomplete."""
+    try:
+        xs = np.linspace(float(noise["lower"]), float(noise["upper"]), points)
+        var = mechanism_variance(str(noise["mechanism"]), float(noise["epsilon"]), float(noise["lower"]),
+                                 float(noise["upper"]), xs, int(noise.get("grid_steps", 1024)),
+                                 noise.get("sigma_steps"))
+    except (KeyError, TypeError, ValueError, PrivacyError):
+        return 0.0
+    return float(np.min(var))
+
+
 def _grow(partials: list[float], x: float) -> None:
     """Add ``x`` to an exact sum held as non-overlapping partials (the msum recipe behind fsum)."""
     i = 0
@@ -166,6 +181,9 @@ class ValueStats:
     """
 
     n: int = 0
+    #: a lower bound on one released value's variance (the mechanism's least variance over the
+    #: bounds, :func:`least_variance`); 0 trusts the spread alone
+    floor: float = 0.0
     _total: list[float] = field(default_factory=list)
     _total_sq: list[float] = field(default_factory=list)
 
@@ -188,12 +206,13 @@ class ValueStats:
         Each released value is unbiased for its device's true value, so the mean is unbiased for
         the reporting devices' mean; its variance is estimated by the sample variance over ``n``
         (the noise, which dominates, plus the devices' own spread: slightly conservative when
-        every device of the cohort reports).
+        every device of the cohort reports), and never below ``floor`` per value: with a handful of
+        reports the spread can be zero (two Duchi outputs are often equal), the noise never is.
         """
         if self.n < 2:
             raise PrivacyError(f"a variance needs at least 2 reports, got {self.n}")
         m = self.total / self.n
-        s2 = max(0.0, math.fsum([*self._total_sq, -self.n * m * m]) / (self.n - 1))
+        s2 = max(self.floor, math.fsum([*self._total_sq, -self.n * m * m]) / (self.n - 1))
         return m, s2 / self.n
 
 

@@ -63,6 +63,20 @@ def test_duplicates_are_dropped_and_groups_are_period_and_day() -> None:
     assert period["scheduling"] == "population" and period["mechanism"] in ("duchi", "piecewise")
 
 
+def test_a_few_equal_reports_do_not_give_a_zero_width_interval() -> None:
+    """Two reports with the same released value (common with Duchi's two outputs) have no spread;
+    the interval still carries at least the mechanism's least noise (here Piecewise at epsilon 2 on
+    [40, 180] bpm: sd 56 bpm per report), not [v, v]."""
+    recs = reports(STUDY, "hr", np.full((40, 1), 70.0), 6)
+    one = next(r for r in recs if "hr" in r["values"])
+    agg = Aggregator(days=False)
+    for i in range(2):
+        agg.add({**one, "release_id": f"{one['release_id']}-{i}"})
+    (e,) = agg.estimates()
+    assert e["reports"] == 2 and e["std_error"] >= 56.0 / np.sqrt(2)
+    assert e["ci95"][1] - e["ci95"][0] >= 2 * 1.95 * 56.0 / np.sqrt(2)
+
+
 def test_estimates_do_not_depend_on_the_order_records_arrive_in() -> None:
     """A restarted aggregator reads the partitions in another interleaving: same bits out. (With a
     plain float running sum, 20 shuffles of 400 noisy values disagree in the last bits.)"""
