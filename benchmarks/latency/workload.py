@@ -117,6 +117,15 @@ def _stream(name: str, x: np.ndarray, rate: float, channels: tuple[str, ...], un
     return StreamData(name, arr, rate, channels, (unit,) * len(channels))
 
 
+#: Wearable streams from the shared recordings: file, note for the origin, scale, unit (None: the file's).
+#: Shorter recordings are looped by the schedule (EDA 150 s at 1 kHz, acceleration 20 s at 100 Hz).
+_WEARABLE_FILES: dict[str, tuple[Path, str, float, str | None]] = {
+    "ppg": (SHARED / "multi" / "mixedsignals.hea", ", Pleth", 1.0, None),
+    "eda": (SHARED / "wearable" / "biosppy_eda.txt", ", looped", 1.0, None),
+    "acc": (SHARED / "wearable" / "biosppy_acc.txt", ", m/s^2 -> g, looped", 1 / 9.80665, "g"),
+}
+
+
 def signal_sources(devices: list[dict[str, Any]], seconds: float = 120.0) -> tuple[dict[str, StreamData], dict[str, str]]:
     """One :class:`StreamData` per stream name, and where each came from (file or ``synthetic``)."""
     out: dict[str, StreamData] = {}
@@ -151,25 +160,23 @@ def signal_sources(devices: list[dict[str, Any]], seconds: float = 120.0) -> tup
                 origin["mic"] = "synthetic (connectors.synth.speech_signal)"
         elif d["kind"] == "wearable":
             rates = {k: float(v) for k, v in d["rates"].items()}
-            if "ppg" in rates:
-                f = SHARED / "multi" / "mixedsignals.hea"
-                s = open_recording(f).streams.get("ppg") if f.exists() else None
+            synthetic = {
+                "ppg": lambda r: (synth.ppg_signal(r, seconds, hr_bpm=72.0)[0], ("ppg",), "au"),
+                "eda": lambda r: (synth.eda_signal(r, seconds)[0], ("eda",), "uS"),
+                "acc": lambda r: (synth.acc_signal(r, seconds)[0], ("x", "y", "z"), "g"),
+            }
+            for name, (f, note, scale, unit) in _WEARABLE_FILES.items():
+                if name not in rates:
+                    continue
+                s = open_recording(f).streams.get(name) if f.exists() else None
                 if s is not None:
-                    x = _resample(s.samples.astype(np.float64), s.rate, rates["ppg"])
-                    out["ppg"] = _stream("ppg", x, rates["ppg"], s.channels, s.units[0])
-                    origin["ppg"] = f"{f.relative_to(SHARED.parents[1])} Pleth ({s.rate:g} Hz resampled to {rates['ppg']:g} Hz)"
+                    x = _resample(s.samples.astype(np.float64), s.rate, rates[name]) * scale
+                    out[name] = _stream(name, x, rates[name], s.channels, unit or s.units[0])
+                    origin[name] = f"{f.relative_to(SHARED.parents[1])} ({s.rate:g} Hz resampled to {rates[name]:g} Hz{note})"
                 else:
-                    x, _ = synth.ppg_signal(rates["ppg"], seconds, hr_bpm=72.0)
-                    out["ppg"] = _stream("ppg", x, rates["ppg"], ("ppg",), "au")
-                    origin["ppg"] = "synthetic (connectors.synth.ppg_signal)"
-            if "eda" in rates:
-                x, _ = synth.eda_signal(rates["eda"], seconds)
-                out["eda"] = _stream("eda", x, rates["eda"], ("eda",), "uS")
-                origin["eda"] = "synthetic (no shared EDA recording)"
-            if "acc" in rates:
-                x, _ = synth.acc_signal(rates["acc"], seconds)
-                out["acc"] = _stream("acc", x, rates["acc"], ("x", "y", "z"), "g")
-                origin["acc"] = "synthetic (no shared accelerometer recording)"
+                    x, chans, u = synthetic[name](rates[name])
+                    out[name] = _stream(name, x, rates[name], chans, u)
+                    origin[name] = f"synthetic (connectors.synth.{name}_signal)"
             if "temp" in rates:
                 x = synth.temp_signal(rates["temp"], seconds)
                 out["temp"] = _stream("temp", x, rates["temp"], ("skin",), "degC")
