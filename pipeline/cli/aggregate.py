@@ -20,10 +20,10 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "aggregate",
-        help="estimates with 95 % intervals per feature and period, from the private topic",
+        help="estimates with 95 %% intervals per feature and period, from the private topic",
         description="Read the private features topic from its beginning (no consumer group: nothing to lose on a "
         "crash, the topic is the state), deduplicate by release_id, and keep per feature and report period (and "
-        "per UTC day) the unbiased estimate of the mean over devices with a value, its standard error and 95 %% "
+        "per UTC day) the unbiased estimate of the mean over devices with a value, its standard error and 95 % "
         "interval. Publishes each changed group's estimate to <prefix>aggregates (--no-publish to skip) and "
         "writes all estimates to --out (CSV or JSON lines, by extension) when it stops: after --until-idle "
         "seconds without a new release, or on Ctrl-C. Schema: docs/analysis.md.",

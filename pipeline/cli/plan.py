@@ -16,7 +16,7 @@ def register(subparsers: Any) -> None:
         "plan",
         help="predict how precise a study's population estimates will be, or how many devices it needs",
         description="From the study (its mechanisms, epsilon per report, scheduling and report periods), predict "
-        "the 95 %% interval half-width of each feature's population mean per report period and per UTC day for "
+        "the 95 % interval half-width of each feature's population mean per report period and per UTC day for "
         "--devices devices; with --target FEATURE=HALF_WIDTH, the devices a day's estimate needs. The same "
         "variances as the aggregator's intervals (docs/analysis.md).",
     )
