@@ -56,6 +56,21 @@ def write_out(path: Path, estimates: list[dict[str, Any]]) -> None:
                 fh.write(json.dumps(e) + "\n")
 
 
+def print_days(estimates: list[dict[str, Any]]) -> None:
+    """The UTC-day estimates as a table on stdout (the per-period ones go to ``--out``)."""
+    from pipeline.aggregate import DAY_S
+
+    days = sorted((e for e in estimates if e["period"]["seconds"] == DAY_S),
+                  key=lambda e: (e["period"]["start"], e["feature_set"], e["feature"]))
+    if not days:
+        return
+    print(f"{'FEATURE':<22} {'UTC DAY':<10} {'ESTIMATE':>10}  {'95 % INTERVAL':<24} {'REPORTS':>8}")
+    for e in days:
+        low, high = e["ci95"]
+        print(f"{e['feature']:<22} {e['period']['start'][:10]:<10} {e['estimate']:>10.4g}  "
+              f"{f'[{low:.4g}, {high:.4g}]':<24} {e['reports']:>8,}")
+
+
 def run(args: argparse.Namespace) -> int:
     from connectors.kafka import (
         Topics,
@@ -112,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     estimates = agg.estimates()
     if args.out is not None:
         write_out(args.out, estimates)
+    print_days(estimates)
     print(f"aggregate: {agg.releases} releases ({agg.duplicates} duplicates, {agg.rejected} not releases), "
           f"{len(estimates)} estimates" + (f", {published} published to {out_topic}" if producer is not None else "")
           + (f", written to {args.out}" if args.out else ""), file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,3 +154,17 @@ def test_plan_and_aggregate_output(tmp_path: Path, capsys: pytest.CaptureFixture
     assert lines[0].startswith("feature_set,feature,period_start") and len(lines) == 3
     write_out(tmp_path / "a.jsonl", agg.estimates())
     assert [json.loads(x)["feature"] for x in (tmp_path / "a.jsonl").read_text().splitlines()] == ["hr", "hr"]
+
+
+def test_aggregate_prints_the_day_estimates_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli.aggregate import print_days
+
+    def est(feature: str, seconds: int, estimate: float) -> dict[str, Any]:
+        return {"feature_set": "hr", "feature": feature, "period": {"start": "2026-01-01T00:00:00Z", "seconds": seconds},
+                "estimate": estimate, "ci95": [estimate - 2, estimate + 2], "reports": 1234}
+
+    print_days([est("hr", 600, 70.0), est("hr", 86_400, 71.5), est("rmssd", 86_400, 40.0)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["FEATURE", "UTC"]
+    assert [ln.split()[:3] for ln in lines[1:]] == [["hr", "2026-01-01", "71.5"], ["rmssd", "2026-01-01", "40"]]
+    assert "[69.5, 73.5]" in lines[1] and "1,234" in lines[1]
