@@ -214,7 +214,7 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
     same windows, and the planner's cohort size when the interval is too wide to use."""
     from pipeline.features import feature_sets
     from pipeline.features.offline import iter_features
-    from pipeline.plan import devices_for
+    from pipeline.plan import too_wide_note
     from pipeline.study import Study
 
     truth: dict[str, list[float]] = {}
@@ -238,12 +238,9 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
         mean = sum(t) / len(t)
         line = f"  {name:<14} {e['estimate']:>10.4g} [{lo:.4g}, {hi:.4g}]".ljust(57) + f"{mean:>11.4g}  {e['reports']}"
         print(line)
-        spec = next(f.spec for s in study.sets.values() for f in s.features if f.name == name)
-        target = 0.05 * (spec.upper - spec.lower)
-        if (hi - lo) / 2 > target:
-            need = devices_for(study, name, target, expected={name: mean})
-            print(f"  {'':<14} too few releases for a useful interval: under the default study a +-{target:.3g} "
-                  f"interval on the day's mean needs about {need:,} devices (biopriv plan)")
+        note = too_wide_note(study, name, (hi - lo) / 2, mean)
+        if note is not None:
+            print(f"  {'':<14} {note}")
 
 
 def _clip(recording: Any, seconds: float) -> Any:
