@@ -76,6 +76,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def _plain(text: str) -> str:
+    """``text`` for a matplotlib label: a ``$`` is a dollar sign, never the start of mathtext."""
+    return text.replace("$", r"\$")
+
+
 def _half_width(e: dict[str, Any]) -> float:
     return (float(e["ci95"][1]) - float(e["ci95"][0])) / 2.0
 
@@ -168,7 +173,7 @@ def _plot_feature(ax: Any, counts: Any, rows: list[dict[str, Any]]) -> None:
             x = [min(s for s, _ in inside), max(t for _, t in inside)]
             ax.fill_between(x, [d["ci95"][0]] * 2, [d["ci95"][1]] * 2, color="tab:orange", alpha=0.15, linewidth=0)
             ax.plot(x, [d["estimate"]] * 2, "--", color="tab:orange", label="day estimate" if i == 0 else None)
-    ax.set_ylabel(rows[0]["feature"])
+    ax.set_ylabel(_plain(rows[0]["feature"]))
     ax.legend(loc="upper right", fontsize="small")
     ax.grid(alpha=0.3)
     widths = [float(e["period"]["seconds"]) / DAY_S for e in periods]  # date axis unit: days
@@ -194,7 +199,7 @@ def plot_feature_set(name: str, features: dict[str, list[dict[str, Any]]], path:
         counts.xaxis.set_major_locator(locator)
         counts.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.tick_params(labelbottom=False)
-    fig.suptitle(f"{name}: estimates with 95 % intervals (UTC)")
+    fig.suptitle(f"{_plain(name)}: estimates with 95 % intervals (UTC)")
     fig.savefig(path, dpi=100, format="png")
 
 
