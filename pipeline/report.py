@@ -256,7 +256,7 @@ def write_report(aggregates: Sequence[dict[str, Any]], study: Study, out_dir: Pa
         f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{t}</title>\n{_STYLE}\n</head>',
         f"<body>\n<h1>{t}</h1>",
         f"<p>{len(aggregates)} estimates of {sum(len(f) for f in groups.values())} features in "
-        f"{len(groups)} feature sets, periods starting {starts[0]:%Y-%m-%d %H:%M} to {starts[-1]:%Y-%m-%d %H:%M} "
+        f"{len(groups)} feature sets, periods starting {starts[0]:%Y-%m-%d %H:%M:%S} to {starts[-1]:%Y-%m-%d %H:%M:%S} "
         "UTC. The plots are also beside this page as PNG files.</p>",
         f"<h2>Budget model</h2>\n<p>{html.escape(budget_paragraph(study, aggregates))}</p>",
     ]
