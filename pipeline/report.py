@@ -66,6 +66,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _duration(seconds: float) -> str:
     if seconds >= DAY_S and seconds % DAY_S == 0:
         return f"{seconds / DAY_S:g} day"
@@ -213,7 +217,7 @@ def _warning(study: Study, feature: str, rows: list[dict[str, Any]]) -> tuple[st
     if not wide:
         return "", wide
     note = too_wide_note(study, feature, max(_half_width(rows[i]) for i in wide), median)
-    return (f'<p class="warning">Warning: {len(wide)} of {len(rows)} intervals are too wide to be useful '
+    return (f'<p class="warning">Warning: {len(wide)} of {len(rows)} intervals {"is" if len(wide) == 1 else "are"} too wide to be useful '
             f"(half-width over {USEFUL_SHARE:.0%} of the feature's range): {html.escape(str(note))}.</p>"), wide
 
 
@@ -255,8 +259,8 @@ def write_report(aggregates: Sequence[dict[str, Any]], study: Study, out_dir: Pa
     parts = [
         f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{t}</title>\n{_STYLE}\n</head>',
         f"<body>\n<h1>{t}</h1>",
-        f"<p>{len(aggregates)} estimates of {sum(len(f) for f in groups.values())} features in "
-        f"{len(groups)} feature sets, periods starting {starts[0]:%Y-%m-%d %H:%M:%S} to {starts[-1]:%Y-%m-%d %H:%M:%S} "
+        f"<p>{_count(len(aggregates), 'estimate')} of {_count(sum(len(f) for f in groups.values()), 'feature')} in "
+        f"{_count(len(groups), 'feature set')}, periods starting {starts[0]:%Y-%m-%d %H:%M:%S} to {starts[-1]:%Y-%m-%d %H:%M:%S} "
         "UTC. The plots are also beside this page as PNG files.</p>",
         f"<h2>Budget model</h2>\n<p>{html.escape(budget_paragraph(study, aggregates))}</p>",
     ]
