@@ -572,3 +572,24 @@ def read_partition(
             return out
         finally:
             consumer.close()
+
+
+def read_latest(bootstrap: str, topic: str, *, timeout_s: float = 60.0,
+                security: ClientSecurity | None = None) -> dict[bytes | None, bytes | None]:
+    """The latest value of every key of ``topic`` up to its end offsets when called (what a
+    compacted topic keeps, whether or not the broker has compacted it yet). A missing topic is a
+    :class:`BrokerError` naming it."""
+    sec = resolve_security(security)
+    with broker_errors(bootstrap, sec, f"read {topic}"):
+        consumer = make_consumer([], bootstrap, security=sec)
+        try:
+            partitions = consumer.partitions_for_topic(topic) if topic in consumer.topics() else None
+        finally:
+            consumer.close()
+    if not partitions:
+        raise BrokerError(f"topic {topic} does not exist at {bootstrap}")
+    latest: dict[bytes | None, bytes | None] = {}
+    for p in sorted(partitions):
+        for key, value, _ in read_partition(bootstrap, topic, p, timeout_s=timeout_s, security=sec):
+            latest[key] = value
+    return latest

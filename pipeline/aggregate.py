@@ -16,19 +16,25 @@ Aggregate record (``<prefix>aggregates``, ``--out``), schema ``v`` 1::
     {"v": 1, "feature_set": "hr", "feature": "hr", "period": {"start": "...Z", "seconds": 600},
      "estimate": 71.2, "std_error": 3.1, "ci95": [65.1, 77.3], "reports": 140,
      "present_share": 0.97, "mechanism": "duchi", "epsilon": 0.2, "scheduling": "population"}
+
+:func:`write_aggregates` and :func:`read_aggregates` keep these records in a file, as CSV
+(``.csv``: the :data:`FIELDS` columns, the period and interval flattened) or as JSON lines.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PrivacyError
+from pipeline.errors import ConfigError, PrivacyError
 from pipeline.privacy.estimators import BitStats, ValueStats, least_variance, present_mean
 
-__all__ = ["AGGREGATE_SCHEMA_VERSION", "Aggregator", "GroupKey"]
+__all__ = ["AGGREGATE_SCHEMA_VERSION", "FIELDS", "Aggregator", "GroupKey", "check_record", "read_aggregates", "write_aggregates"]
 
 AGGREGATE_SCHEMA_VERSION = 1
 DAY_S = 86_400
@@ -151,3 +157,96 @@ class Aggregator:
         """Aggregate records of ``keys`` (all groups if None) that have an estimate, sorted."""
         chosen = self.keys() if keys is None else sorted(keys)
         return [e for e in (self.estimate(k) for k in chosen) if e is not None]
+
+
+#: CSV columns of an aggregates file, in order.
+FIELDS = ("feature_set", "feature", "period_start", "period_seconds", "estimate", "std_error", "ci95_low",
+          "ci95_high", "reports", "present_share", "mechanism", "epsilon", "scheduling")
+
+
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def write_aggregates(path: Path, estimates: list[dict[str, Any]]) -> None:
+    """Write aggregate records as CSV (``.csv``) or JSON lines (any other name)."""
+    with open(path, "w", newline="") as fh:
+        if _is_csv(path):
+            w = csv.writer(fh)
+            w.writerow(FIELDS)
+            for e in estimates:
+                w.writerow([e["feature_set"], e["feature"], e["period"]["start"], e["period"]["seconds"], e["estimate"],
+                            e["std_error"], e["ci95"][0], e["ci95"][1], e["reports"], e["present_share"],
+                            e["mechanism"], e["epsilon"], e["scheduling"]])
+        else:
+            for e in estimates:
+                fh.write(json.dumps(e) + "\n")
+
+
+def _optional(cell: str, kind: type) -> Any:
+    return None if cell in ("", "None") else kind(cell)
+
+
+def _from_row(row: dict[str, str]) -> dict[str, Any]:
+    return {
+        "v": AGGREGATE_SCHEMA_VERSION,
+        "feature_set": row["feature_set"],
+        "feature": row["feature"],
+        "period": {"start": row["period_start"], "seconds": float(row["period_seconds"])},
+        "estimate": float(row["estimate"]),
+        "std_error": float(row["std_error"]),
+        "ci95": [float(row["ci95_low"]), float(row["ci95_high"])],
+        "reports": int(float(row["reports"])),
+        "present_share": _optional(row["present_share"], float),
+        "mechanism": _optional(row["mechanism"], str),
+        "epsilon": _optional(row["epsilon"], float),
+        "scheduling": _optional(row["scheduling"], str),
+    }
+
+
+def check_record(doc: Any, where: str) -> dict[str, Any]:
+    """``doc`` if it is an aggregate record of schema ``v`` 1 (the fields a reader needs), else ConfigError."""
+    try:
+        ok = (isinstance(doc, dict) and doc.get("v") == AGGREGATE_SCHEMA_VERSION
+              and all(isinstance(doc[k], str) for k in ("feature_set", "feature"))
+              and isinstance(doc["period"]["start"], str) and len(doc["ci95"]) == 2
+              and all(isinstance(doc[k], (int, float)) for k in ("estimate", "std_error", "reports")))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: not an aggregate record of schema v {AGGREGATE_SCHEMA_VERSION} "
+                          f"(see docs/analysis.md): {str(doc)[:120]}")
+    return doc
+
+
+def read_aggregates(path: Path) -> list[dict[str, Any]]:
+    """Aggregate records from a file :func:`write_aggregates` wrote (``biopriv aggregate --out``).
+
+    Raises ConfigError (naming the file, and the line for a malformed one) when the file is
+    missing or unreadable or a line is not an aggregate record.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read aggregates file {path}: {exc.strerror or exc}") from None
+    out: list[dict[str, Any]] = []
+    if _is_csv(path):
+        reader = csv.DictReader(text.splitlines())
+        missing = [f for f in FIELDS if f not in (reader.fieldnames or ())]
+        if missing:
+            raise ConfigError(f"{path}: not an aggregates CSV: missing column(s) {', '.join(missing)}")
+        for i, row in enumerate(reader, start=2):
+            try:
+                out.append(_from_row(row))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}:{i}: not an aggregate row: {exc}") from None
+        return out
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            raise ConfigError(f"{path}:{i}: not a JSON line") from None
+        out.append(check_record(doc, f"{path}:{i}"))
+    return out

@@ -19,9 +19,11 @@ from pipeline.privacy import mechanisms as mech
 from pipeline.privacy.estimators import mechanism_variance
 from pipeline.study import Study
 
-__all__ = ["devices_for", "predict"]
+__all__ = ["USEFUL_SHARE", "devices_for", "predict", "too_wide_note"]
 
 Z95 = 1.959963984540054
+#: An interval is useful when its half-width is at most this share of the feature's bounds' range.
+USEFUL_SHARE = 0.05
 
 
 def _per_report(study: Study, set_name: str, expected: dict[str, float]) -> list[dict[str, Any]]:
@@ -92,3 +94,20 @@ def devices_for(study: Study, feature: str, half_width: float, *, per: str = "da
             return max(1, math.ceil(n / reports_per_device))
     raise KeyError(feature)
 
+
+
+def too_wide_note(study: Study, feature: str, half_width: float, expected: float) -> str | None:
+    """One plain sentence when a 95 % half-width is too wide to be useful (more than
+    :data:`USEFUL_SHARE` of the feature's bounds' range): the devices a useful interval on the
+    day's mean needs under ``study`` at the ``expected`` value. None when the interval is useful
+    or the study does not release ``feature``."""
+    spec = next((f.spec for s in study.sets.values() for f in s.features if f.name == feature), None)
+    if spec is None:
+        return None
+    target = USEFUL_SHARE * (spec.upper - spec.lower)
+    if not half_width > target:
+        return None
+    need = devices_for(study, feature, target, expected={feature: min(max(expected, spec.lower), spec.upper)})
+    which = "the default study" if study.source == "built-in default" else f"the study {study.source}"
+    return (f"too few releases for a useful interval: under {which} a +-{target:.3g} interval on the day's mean "
+            f"needs about {need:,} devices (biopriv plan)")

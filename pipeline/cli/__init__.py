@@ -33,6 +33,7 @@ SUBCOMMANDS = (
     "study",
     "plan",
     "aggregate",
+    "report",
     "budget",
     "keys",
     "bench",

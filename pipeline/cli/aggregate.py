@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -37,25 +36,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-FIELDS = ("feature_set", "feature", "period_start", "period_seconds", "estimate", "std_error", "ci95_low",
-          "ci95_high", "reports", "present_share", "mechanism", "epsilon", "scheduling")
-
-
-def write_out(path: Path, estimates: list[dict[str, Any]]) -> None:
-    """Write estimates as CSV (``.csv``) or JSON lines (anything else)."""
-    with open(path, "w", newline="") as fh:
-        if path.suffix.lower() == ".csv":
-            w = csv.writer(fh)
-            w.writerow(FIELDS)
-            for e in estimates:
-                w.writerow([e["feature_set"], e["feature"], e["period"]["start"], e["period"]["seconds"], e["estimate"],
-                            e["std_error"], e["ci95"][0], e["ci95"][1], e["reports"], e["present_share"],
-                            e["mechanism"], e["epsilon"], e["scheduling"]])
-        else:
-            for e in estimates:
-                fh.write(json.dumps(e) + "\n")
-
-
 def print_days(estimates: list[dict[str, Any]]) -> None:
     """The UTC-day estimates as a table on stdout (the per-period ones go to ``--out``)."""
     from pipeline.aggregate import DAY_S
@@ -81,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         make_consumer,
         make_producer,
     )
-    from pipeline.aggregate import Aggregator
+    from pipeline.aggregate import Aggregator, write_aggregates
     from pipeline.cli.options import client_options
 
     if args.until_idle is not None:
@@ -126,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 producer.close()
     estimates = agg.estimates()
     if args.out is not None:
-        write_out(args.out, estimates)
+        write_aggregates(args.out, estimates)
     print_days(estimates)
     print(f"aggregate: {agg.releases} releases ({agg.duplicates} duplicates, {agg.rejected} not releases), "
           f"{len(estimates)} estimates" + (f", {published} published to {out_topic}" if producer is not None else "")

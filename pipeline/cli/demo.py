@@ -3,7 +3,8 @@
 Generates synthetic recordings (EEG as EDF, speech-like audio as WAV, wearable signals as CSV),
 starts the local broker (unless one answers), starts a worker, replays the recordings as several
 devices in real time, prints the privatized releases as they come back with their per-frame
-latency, then a summary, and shuts everything down.
+latency, then a summary with the population estimates (also written as the analyst's HTML report
+with plots, ``<workdir>/report/index.html``), and shuts everything down.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "End-to-end demo: generate synthetic recordings, start the local Kafka broker (unless one "
             "answers on --bootstrap), start a worker, replay the recordings for several devices per "
             "modality in real time, and print every privatized release with its per-frame latency "
-            "(frame send time to the release being read back). Ends with a latency summary and shuts "
+            "(frame send time to the release being read back). Ends with a latency summary and the population "
+            "estimates (also written as an HTML report with plots, WORKDIR/report/index.html) and shuts "
             "down what it started. Topics are private to the run and deleted afterwards."
         ),
     )
@@ -186,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             "  what an analyst reads is the population estimate with its interval (biopriv aggregate):"
         )
         _print_estimates(aggregator, clipped)
+        _write_report(aggregator, workdir / "report")
         ok = len(pseudonyms) >= 3 and len(per_modality) >= 3
         if not ok:
             print(f"biopriv: error: expected releases from 3+ devices in 3 modalities; worker log: {worker_log}", file=sys.stderr)
@@ -214,7 +217,7 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
     same windows, and the planner's cohort size when the interval is too wide to use."""
     from pipeline.features import feature_sets
     from pipeline.features.offline import iter_features
-    from pipeline.plan import devices_for
+    from pipeline.plan import too_wide_note
     from pipeline.study import Study
 
     truth: dict[str, list[float]] = {}
@@ -238,12 +241,22 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
         mean = sum(t) / len(t)
         line = f"  {name:<14} {e['estimate']:>10.4g} [{lo:.4g}, {hi:.4g}]".ljust(57) + f"{mean:>11.4g}  {e['reports']}"
         print(line)
-        spec = next(f.spec for s in study.sets.values() for f in s.features if f.name == name)
-        target = 0.05 * (spec.upper - spec.lower)
-        if (hi - lo) / 2 > target:
-            need = devices_for(study, name, target, expected={name: mean})
-            print(f"  {'':<14} too few releases for a useful interval: under the default study a +-{target:.3g} "
-                  f"interval on the day's mean needs about {need:,} devices (biopriv plan)")
+        note = too_wide_note(study, name, (hi - lo) / 2, mean)
+        if note is not None:
+            print(f"  {'':<14} {note}")
+
+
+def _write_report(aggregator: Any, out_dir: Path) -> None:
+    """The summary features' estimates as the analyst's HTML report (biopriv report) in ``out_dir``."""
+    from pipeline.report import write_report
+    from pipeline.study import Study
+
+    estimates = [e for e in aggregator.estimates() if e["feature"] in SUMMARY_FEATURES]
+    if not estimates:
+        print("  report: no estimates yet, so no report")
+        return
+    index = write_report(estimates, Study.default(), out_dir, "biopriv demo: private estimates")
+    print(f"  report with plots: {index}")
 
 
 def _clip(recording: Any, seconds: float) -> Any:

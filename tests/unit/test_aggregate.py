@@ -137,8 +137,8 @@ def test_planner_predicts_the_measured_half_width() -> None:
 
 
 def test_plan_and_aggregate_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.aggregate import write_aggregates
     from pipeline.cli import main
-    from pipeline.cli.aggregate import write_out
 
     assert main(["plan", "--devices", "1000", "--json", "--target", "hr=2"]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
@@ -149,10 +149,10 @@ def test_plan_and_aggregate_output(tmp_path: Path, capsys: pytest.CaptureFixture
     agg = Aggregator()
     for r in reports(STUDY, "hr", np.full((50, 1), 70.0), 6):
         agg.add(r)
-    write_out(tmp_path / "a.csv", agg.estimates())
+    write_aggregates(tmp_path / "a.csv", agg.estimates())
     lines = (tmp_path / "a.csv").read_text().splitlines()
     assert lines[0].startswith("feature_set,feature,period_start") and len(lines) == 3
-    write_out(tmp_path / "a.jsonl", agg.estimates())
+    write_aggregates(tmp_path / "a.jsonl", agg.estimates())
     assert [json.loads(x)["feature"] for x in (tmp_path / "a.jsonl").read_text().splitlines()] == ["hr", "hr"]
 
 
