@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
         "report",
         help="an HTML report with plots from aggregate estimates (a file or the aggregates topic)",
         description="Write OUT/index.html, a self-contained page (plots embedded), and one PNG per feature set "
-        "beside it: per feature the estimate of every period with its 95 %% interval band, the UTC day "
+        "beside it: per feature the estimate of every period with its 95 % interval band, the UTC day "
         "estimates, the reports behind each, a table of the values, the study's budget model in one paragraph, "
         "and a warning when intervals are too wide to be useful. Reads the records `biopriv aggregate --out` "
         "wrote (--aggregates FILE, CSV or JSON lines) or the latest record of every group in the compacted "
