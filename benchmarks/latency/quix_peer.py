@@ -57,9 +57,10 @@ PRIVATE_SUFFIX = "private.features"
 
 
 def run(args: argparse.Namespace) -> None:
-    # quixstreams imports authlib's httpx client (schema registry), deprecated in authlib 1.9
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-    from quixstreams import Application, message_context
+    # quixstreams imports authlib's httpx client (schema registry), deprecated in authlib 1.9;
+    # authlib forces its warnings on ("always"), so a filter would not hold: record them instead.
+    with warnings.catch_warnings(record=True):
+        from quixstreams import Application, message_context
     from quixstreams.models.serializers import Serializer
 
     from connectors.kafka import Topics

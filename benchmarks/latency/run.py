@@ -750,6 +750,11 @@ def fmt(v: float | None, nd: int = 1) -> str:
     return "n/a" if v is None else f"{v:,.{nd}f}"
 
 
+def fmt_x(v: float | None) -> str:
+    """A ratio as ``1.23x``, or ``n/a``."""
+    return "n/a" if v is None else f"{v:,.2f}x"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -959,12 +964,14 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     L += ["", "Frames missing (due, never read back) at x1: " + ", ".join(
         f"{n} {s['phases'][0]['frames_missing']}" for n, s in systems.items() if s["phases"]) + ".", ""]
-    pw = systems.get("pipeline", {}).get("phases", [])
-    if pw:
+    for name, label in (("pipeline", "Pipeline worker"), ("quix", "Quix Streams peer")):
+        pw = systems.get(name, {}).get("phases", [])
+        if not pw:
+            continue
         w = pw[0]["send_to_release_built_ms"]
         a = pw[0]["frame_age_ms"]
         L += [
-            f"Pipeline worker side (release header `biopriv-t-release-ns` - completing frame's `t_send_ns`, per release): "
+            f"{label} side (release header `biopriv-t-release-ns` - completing frame's `t_send_ns`, per release): "
             f"p50 {fmt(w['p50'], 2)} ms, p99 {fmt(w['p99'], 2)} ms, max {fmt(w['max'], 1)} ms. "
             f"Frame age (read-back minus the frame's *own* due time, includes waiting for the window hop): "
             f"p50 {fmt(a['p50'], 0)} ms, p99 {fmt(a['p99'], 0)} ms.",
@@ -975,12 +982,12 @@ def markdown(doc: dict[str, Any]) -> str:
     L += [
         "## Ratios and targets",
         "",
-        f"- pipeline / passthrough p99: **{fmt(r['p99_pipeline_over_passthrough'], 2)}x**; "
-        f"pipeline / hand-written p99: **{fmt(r['p99_pipeline_over_handwritten'], 2)}x**",
-        f"- pipeline / passthrough capacity (frames/s): **{fmt(r['capacity_pipeline_over_passthrough'], 2)}x**; "
-        f"pipeline / hand-written capacity: **{fmt(r['capacity_pipeline_over_handwritten'], 2)}x**",
-        f"- pipeline / Quix Streams peer p99: **{fmt(r.get('p99_pipeline_over_quix'), 2)}x**; "
-        f"capacity: **{fmt(r.get('capacity_pipeline_over_quix'), 2)}x** (the same processing core in both: "
+        f"- pipeline / passthrough p99: **{fmt_x(r['p99_pipeline_over_passthrough'])}**; "
+        f"pipeline / hand-written p99: **{fmt_x(r['p99_pipeline_over_handwritten'])}**",
+        f"- pipeline / passthrough capacity (frames/s): **{fmt_x(r['capacity_pipeline_over_passthrough'])}**; "
+        f"pipeline / hand-written capacity: **{fmt_x(r['capacity_pipeline_over_handwritten'])}**",
+        f"- pipeline / Quix Streams peer p99: **{fmt_x(r.get('p99_pipeline_over_quix'))}**; "
+        f"capacity: **{fmt_x(r.get('capacity_pipeline_over_quix'))}** (the same processing core in both: "
         "the difference is the shell)",
         "",
         "| target | value | met |",
