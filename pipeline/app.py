@@ -168,6 +168,39 @@ class WorkerSettings:
     web_host: str = "0.0.0.0"
 
 
+#: One record to produce: topic, key, value, headers.
+Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def outgoing(outcome: Outcome, topics: Topics, source: str, latency_headers: bool) -> list[Record]:
+    """The records a processed message publishes (releases, dead letters, events), in order.
+
+    ``source`` (``topic/partition/offset`` of the message) goes into dead letters' headers;
+    ``latency_headers`` adds ``biopriv-t-frame-send-ns`` and ``biopriv-last-seq`` to releases.
+    Shared by the worker and the latency benchmark's Quix Streams peer, so both publish the same.
+    """
+    out: list[Record] = []
+    for r in outcome.releases:
+        headers = [("biopriv-t-release-ns", b"%d" % r.t_release_ns)]
+        if latency_headers:
+            headers += [("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq)]
+        out.append((topics.private, r.key, r.value, headers))
+    for d in outcome.dead_letters:
+        headers = [
+            ("biopriv-reason", d.reason.encode()),
+            ("biopriv-detail", d.detail.encode()[:1000]),
+            ("biopriv-source", source.encode()),
+        ]
+        value = d.value
+        if len(value) > DEADLETTER_MAX_VALUE:
+            headers.append(("biopriv-truncated", str(len(value)).encode()))
+            value = value[:DEADLETTER_MAX_VALUE]
+        out.append((topics.deadletter, (d.key or b"")[:1000] or None, value, headers))
+    for e in outcome.events:
+        out.append((topics.events, str(e.get("pseudonym", "")).encode(), json.dumps(e).encode(), []))
+    return out
+
+
 def build_processor(settings: WorkerSettings) -> Processor:
     """The processing core configured from the settings (study or per-window privacy config, keys).
 
@@ -325,27 +358,12 @@ class StreamWorker(Service):
         t, send = self.settings.topics, self.producer.send
         if outcome.headers:  # durable before any release that depends on them is published
             await self._write_headers(outcome.headers, tp.partition)
-        latency = self.settings.latency_headers
         observe = self.metrics.observe_release
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
-            headers = [("biopriv-t-release-ns", b"%d" % r.t_release_ns)]
-            if latency:
-                headers += [("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq)]
-            await send(t.private, r.value, key=r.key, headers=headers)
-        for d in outcome.dead_letters:
-            headers = [
-                ("biopriv-reason", d.reason.encode()),
-                ("biopriv-detail", d.detail.encode()[:1000]),
-                ("biopriv-source", f"{tp.topic}/{tp.partition}/{offset}".encode()),
-            ]
-            value = d.value
-            if len(value) > DEADLETTER_MAX_VALUE:
-                headers.append(("biopriv-truncated", str(len(value)).encode()))
-                value = value[:DEADLETTER_MAX_VALUE]
-            await send(t.deadletter, value, key=(d.key or b"")[:1000] or None, headers=headers)
-        for e in outcome.events:
-            await send(t.events, json.dumps(e).encode(), key=str(e.get("pseudonym", "")).encode())
+        source = f"{tp.topic}/{tp.partition}/{offset}"
+        for topic, key, value, headers in outgoing(outcome, t, source, self.settings.latency_headers):
+            await send(topic, value, key=key, headers=headers)
 
     async def _write_headers(self, devices: set[str], partition: int) -> None:
         """Write the devices' headers (lineage, day keys) to the state topic and wait for them."""

@@ -1,11 +1,13 @@
-"""End-to-end latency and capacity of one worker process, against the passthrough floor and a
-hand-written aiokafka + scipy / NeuroKit2 service, all in one invocation on one host.
+"""End-to-end latency and capacity of one worker process, against the passthrough floor, a
+hand-written aiokafka + scipy / NeuroKit2 service and a Quix Streams peer around the same
+processing core, all in one invocation on one host.
 
 Run:  .venv/bin/python benchmarks/latency/run.py [--short] [--workload standard] [--duration S] [--profile]
       (or ``biopriv bench latency --short``)
 
 For each system (``pipeline`` = ``biopriv worker``; ``passthrough`` and ``handwritten`` =
-``systems.py``), one after another, on its own topics (prefix ``bench-<run>-<system>.``, deleted
+``systems.py``; ``quix`` = ``quix_peer.py``, a Quix Streams application calling the worker's
+:class:`~pipeline.processor.Processor`), one after another, on its own topics (prefix ``bench-<run>-<system>.``, deleted
 afterwards) and consumer group:
 
 1. start the system as a subprocess (``OMP_NUM_THREADS=1``: numpy threads would fight the broker
@@ -22,7 +24,7 @@ afterwards) and consumer group:
 5. phases: warm-up + the measured standard load (x1); then, in a fresh session, capacity steps
    (fleet x0.25 ... x4, devices join at their step) until p99 > 50 ms, the lag keeps growing or
    the generator falls behind; capacity = the largest fleet that passed. ``--short`` continues
-   the standard session with one x2 step instead (all three systems in under 3 minutes).
+   the standard session with one x2 step instead (about a minute per system).
 
 Before the systems, the processing core alone (:mod:`processor_cost`) is timed on the same frames
 in process. With ``--profile`` a separate pyinstrument session of the worker is summarized.
@@ -84,7 +86,9 @@ def covering_end_ns(p: Any, seq: int, passthrough: bool) -> int:
     t = (p.due_ns(seq) - p.start_ns) / 1e9
     end = length if t <= length else length + np.ceil((t - length) / hop - 1e-9) * hop
     return p.start_ns + int(end * 1e9)
-SYSTEMS = ("pipeline", "passthrough", "handwritten")
+SYSTEMS = ("pipeline", "passthrough", "handwritten", "quix")
+#: Systems whose releases carry the worker's latency headers (``--latency-headers``).
+HEADER_SYSTEMS = ("pipeline", "quix")
 PCTS = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -277,6 +281,9 @@ def system_command(system: str, bootstrap: str, group: str, prefix: str, key_fil
         if profile_out is not None:
             return [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_out), *base]
         return [PY, *base]
+    if system == "quix":
+        return [PY, str(HERE / "quix_peer.py"), system, "--bootstrap", bootstrap, "--group", group,
+                "--inputs", ",".join(t.raw_all), "--output", t.private, "--key-file", str(key_file), "--stats-interval", "1"]
     return [PY, str(HERE / "systems.py"), system, "--bootstrap", bootstrap, "--group", group,
             "--inputs", ",".join(t.raw_all), "--output", t.private, "--stats-interval", "1"]
 
@@ -333,8 +340,8 @@ async def drive(system: str, sched: Schedule, wl: Workload, bootstrap: str, pref
                             worker_ns = None
                         else:
                             o = json.loads(r.value)
-                            dev = device_of[o["pseudonym"]] if system == "pipeline" else o["device"]
-                            if system == "pipeline":  # opt-in headers (--latency-headers); the value holds none of it
+                            dev = device_of[o["pseudonym"]] if system in HEADER_SYSTEMS else o["device"]
+                            if system in HEADER_SYSTEMS:  # opt-in headers (--latency-headers); the value holds none of it
                                 h = dict(r.headers or ())
                                 stream, last = o["stream"], int(h["biopriv-last-seq"])
                                 worker_ns = int(h["biopriv-t-release-ns"]) - int(h["biopriv-t-frame-send-ns"])
@@ -707,6 +714,13 @@ def machine() -> dict[str, Any]:
     import aiokafka
     import faust
 
+    quix = {}
+    with contextlib.suppress(ImportError):
+        import confluent_kafka
+        import quixstreams
+
+        quix = {"quixstreams": quixstreams.__version__, "librdkafka": confluent_kafka.libversion()[0]}
+
     kafka_v = "unknown"
     with contextlib.suppress(Exception):
         pom = (ROOT / "deploy" / "kafka" / "pom.xml").read_text()
@@ -715,7 +729,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem, "os": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "faust_streaming": faust.__version__,
-        "aiokafka": aiokafka.__version__, "kafka_broker": kafka_v,
+        "aiokafka": aiokafka.__version__, **quix, "kafka_broker": kafka_v,
         "note": "broker, load generator + reader, and the system under test on this one host",
     }
 
@@ -736,8 +750,25 @@ def fmt(v: float | None, nd: int = 1) -> str:
     return "n/a" if v is None else f"{v:,.{nd}f}"
 
 
+def fmt_x(v: float | None) -> str:
+    """A ratio as ``1.23x``, or ``n/a``."""
+    return "n/a" if v is None else f"{v:,.2f}x"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
+
+
+def peer_target(p99: float | None, peer_p99: float | None, capacity: float | None,
+                peer_capacity: float | None) -> dict[str, Any]:
+    """The done-when of the Quix Streams peer: the pipeline's p99 at x1 no higher, its capacity
+    no lower (unknown when either system was not run or a capacity is missing)."""
+    value = (f"p99 {fmt(p99, 2)} vs {fmt(peer_p99, 2)} ms; capacity {fmt(capacity, 0)} vs "
+             f"{fmt(peer_capacity, 0)} frames/s")
+    if None in (p99, peer_p99, capacity, peer_capacity):
+        return {"value": value, "met": None}
+    assert p99 is not None and peer_p99 is not None and capacity is not None and peer_capacity is not None
+    return {"value": value, "met": p99 <= peer_p99 and capacity >= peer_capacity}
 
 
 def write_report(doc: dict[str, Any], systems: dict[str, dict[str, Any]], profile: dict[str, Any] | None) -> str:
@@ -893,11 +924,13 @@ def findings(doc: dict[str, Any]) -> list[str]:
 def markdown(doc: dict[str, Any]) -> str:
     m, wl, systems = doc["machine"], doc["workload"], doc["systems"]
     L = [
-        "# Latency benchmark: pipeline worker vs passthrough floor vs hand-written service",
+        "# Latency benchmark: pipeline worker vs passthrough floor vs hand-written service vs Quix Streams peer",
         "",
         f"Command: `{doc['command']}`  ",
         f"Machine: {m['cpus']} CPUs, {m['cpu_model']}, {m['memory_gib']} GiB; {m['os']}; Python {m['python']}, "
-        f"faust-streaming {m['faust_streaming']}, aiokafka {m['aiokafka']}; Kafka {m['kafka_broker']} KRaft on the same host  ",
+        f"faust-streaming {m['faust_streaming']}, aiokafka {m['aiokafka']}"
+        + (f", quixstreams {m['quixstreams']} (librdkafka {m['librdkafka']})" if "quixstreams" in m else "")
+        + f"; Kafka {m['kafka_broker']} KRaft on the same host  ",
         f"Load average (1, 5, 15 min) before / after: {doc['load_average_before']} / {doc['load_average_after']}  ",
         f"Date: {doc['date']}; run {doc['run_id']}; {'short' if doc['short'] else 'full'} run; code: git "
         f"{doc['code_under_test']['git_head']}"
@@ -931,12 +964,14 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     L += ["", "Frames missing (due, never read back) at x1: " + ", ".join(
         f"{n} {s['phases'][0]['frames_missing']}" for n, s in systems.items() if s["phases"]) + ".", ""]
-    pw = systems.get("pipeline", {}).get("phases", [])
-    if pw:
+    for name, label in (("pipeline", "Pipeline worker"), ("quix", "Quix Streams peer")):
+        pw = systems.get(name, {}).get("phases", [])
+        if not pw:
+            continue
         w = pw[0]["send_to_release_built_ms"]
         a = pw[0]["frame_age_ms"]
         L += [
-            f"Pipeline worker side (release header `biopriv-t-release-ns` - completing frame's `t_send_ns`, per release): "
+            f"{label} side (release header `biopriv-t-release-ns` - completing frame's `t_send_ns`, per release): "
             f"p50 {fmt(w['p50'], 2)} ms, p99 {fmt(w['p99'], 2)} ms, max {fmt(w['max'], 1)} ms. "
             f"Frame age (read-back minus the frame's *own* due time, includes waiting for the window hop): "
             f"p50 {fmt(a['p50'], 0)} ms, p99 {fmt(a['p99'], 0)} ms.",
@@ -947,10 +982,13 @@ def markdown(doc: dict[str, Any]) -> str:
     L += [
         "## Ratios and targets",
         "",
-        f"- pipeline / passthrough p99: **{fmt(r['p99_pipeline_over_passthrough'], 2)}x**; "
-        f"pipeline / hand-written p99: **{fmt(r['p99_pipeline_over_handwritten'], 2)}x**",
-        f"- pipeline / passthrough capacity (frames/s): **{fmt(r['capacity_pipeline_over_passthrough'], 2)}x**; "
-        f"pipeline / hand-written capacity: **{fmt(r['capacity_pipeline_over_handwritten'], 2)}x**",
+        f"- pipeline / passthrough p99: **{fmt_x(r['p99_pipeline_over_passthrough'])}**; "
+        f"pipeline / hand-written p99: **{fmt_x(r['p99_pipeline_over_handwritten'])}**",
+        f"- pipeline / passthrough capacity (frames/s): **{fmt_x(r['capacity_pipeline_over_passthrough'])}**; "
+        f"pipeline / hand-written capacity: **{fmt_x(r['capacity_pipeline_over_handwritten'])}**",
+        f"- pipeline / Quix Streams peer p99: **{fmt_x(r.get('p99_pipeline_over_quix'))}**; "
+        f"capacity: **{fmt_x(r.get('capacity_pipeline_over_quix'))}** (the same processing core in both: "
+        "the difference is the shell)",
         "",
         "| target | value | met |",
         "|---|---|---|",
@@ -1016,7 +1054,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="End-to-end latency and capacity benchmark (see the module docstring).")
-    ap.add_argument("--short", action="store_true", help="short run: all three systems in at most 3 minutes")
+    ap.add_argument("--short", action="store_true", help="short run: one standard session with one x2 step, about a minute per system")
     ap.add_argument("--workload", default="standard", help="standard, light, heavy or a TOML path (default %(default)s)")
     ap.add_argument("--duration", type=float, default=None, help="measured seconds at the standard load (after warm-up)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of %(default)s")
@@ -1182,6 +1220,8 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         "p99_pipeline_over_handwritten": ratio(p99, first("handwritten", "p99")),
         "capacity_pipeline_over_passthrough": ratio(cap("pipeline"), cap("passthrough")),
         "capacity_pipeline_over_handwritten": ratio(cap("pipeline"), cap("handwritten")),
+        "p99_pipeline_over_quix": ratio(p99, first("quix", "p99")),
+        "capacity_pipeline_over_quix": ratio(cap("pipeline"), cap("quix")),
     }
     pcap = results.get("pipeline", {}).get("capacity")
     targets = {
@@ -1193,6 +1233,8 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         "capacity >= 5,000 frames/s per worker process": {
             "value": "n/a" if pcap is None else f"{'>= ' if pcap['lower_bound_only'] else ''}{pcap['frames_per_s']:,.0f} frames/s",
             "met": None if pcap is None else pcap["frames_per_s"] >= 5000},
+        "pipeline p99 and capacity at least as good as the Quix Streams peer's": peer_target(
+            p99, first("quix", "p99"), cap("pipeline"), cap("quix")),
     }
     cmd = "biopriv bench latency " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("run.py") else " ".join(sys.argv)
     doc = {

@@ -14,7 +14,8 @@ No budget accounting, no validation, no pseudonyms: it does less than the pipeli
 
 Run by ``run.py`` as a subprocess:
 ``python systems.py passthrough|handwritten --bootstrap B --group G --inputs T1,T2,T3 --output T``.
-Prints one JSON line of counters to stdout every ``--stats-interval`` seconds and at exit.
+Prints one JSON line of counters to stdout every ``--stats-interval`` seconds and at exit
+(:class:`Stats`; :func:`arguments` and :class:`Stats` are shared with ``quix_peer.py``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
 import warnings
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
@@ -129,6 +132,47 @@ class Buffers:
         return out
 
 
+@dataclass
+class Stats:
+    """Counters of a comparison system since start, printed as one JSON line (read by ``run.py``)."""
+
+    system: str
+    frames: int = 0
+    outputs: int = 0
+    #: Processing time (decode, windows, features, noise), ns: the system's share of wall time.
+    busy_ns: int = 0
+    errors: int = 0
+
+    def report(self) -> None:
+        # one write per line, so a line never interleaves with another thread's output
+        sys.stdout.write(json.dumps({**asdict(self), "t_ns": time.time_ns()}) + "\n")
+        sys.stdout.flush()
+
+    def report_every(self, interval_s: float) -> threading.Event:
+        """Report from a daemon thread every ``interval_s`` until the returned event is set
+        (for systems whose loop is not ours to tick)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                self.report()
+
+        threading.Thread(target=loop, daemon=True, name="stats").start()
+        return stop
+
+
+def arguments(description: str, systems: list[str]) -> argparse.ArgumentParser:
+    """The command line ``run.py`` starts every comparison system with."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("system", choices=systems)
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--group", required=True)
+    ap.add_argument("--inputs", required=True, help="comma-separated raw topics")
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--stats-interval", type=float, default=2.0)
+    return ap
+
+
 async def main(args: argparse.Namespace) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -146,12 +190,9 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    stats = {"system": args.system, "frames": 0, "outputs": 0, "busy_ns": 0, "errors": 0}
+    stats = Stats(args.system)
     buffers = Buffers()
     last_print = time.monotonic()
-
-    def report() -> None:
-        print(json.dumps({**stats, "t_ns": time.time_ns()}), flush=True)
 
     try:
         while not stop.is_set():
@@ -161,7 +202,7 @@ async def main(args: argparse.Namespace) -> None:
                     if stop.is_set():
                         break
                     t0 = time.perf_counter_ns()
-                    stats["frames"] += 1
+                    stats.frames += 1
                     if args.system == "passthrough":
                         outs = [(msg.key, msg.value)]
                     else:
@@ -175,29 +216,22 @@ async def main(args: argparse.Namespace) -> None:
                                        "t_frame_send_ns": obj["t_send_ns"], "t_release_ns": time.time_ns()}
                                 outs.append((msg.key, json.dumps(rec).encode()))
                         except Exception:  # noqa: BLE001 - count and go on, like a worker would
-                            stats["errors"] += 1
-                    stats["busy_ns"] += time.perf_counter_ns() - t0
+                            stats.errors += 1
+                    stats.busy_ns += time.perf_counter_ns() - t0
                     for key, value in outs:
                         await producer.send(args.output, value, key=key)
-                        stats["outputs"] += 1
-                    if stats["frames"] % 64 == 0:
+                        stats.outputs += 1
+                    if stats.frames % 64 == 0:
                         await asyncio.sleep(0)  # let the signal handler run during a long batch
             if time.monotonic() - last_print >= args.stats_interval:
                 last_print = time.monotonic()
-                report()
+                stats.report()
     finally:
-        report()
+        stats.report()
         await consumer.stop()
         await producer.stop()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("system", choices=["passthrough", "handwritten"])
-    ap.add_argument("--bootstrap", required=True)
-    ap.add_argument("--group", required=True)
-    ap.add_argument("--inputs", required=True, help="comma-separated raw topics")
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--stats-interval", type=float, default=2.0)
-    asyncio.run(main(ap.parse_args()))
+    asyncio.run(main(arguments(__doc__.split("\n\n")[0], ["passthrough", "handwritten"]).parse_args()))
     sys.exit(0)

@@ -89,3 +89,28 @@ def test_a_record_encoded_later_carries_the_later_ledger(tmp_path: Path) -> None
     (slice_, _), = records_by_device(worker, cp.records).values()
     assert last_window(slice_) == before + 4
     assert worker.processor.dirty_devices == {"a"}  # the new charges are in the next checkpoint too
+
+
+def test_outgoing_records_are_releases_then_dead_letters_then_events(tmp_path: Path) -> None:
+    from connectors.kafka import Topics
+    from pipeline.app import DEADLETTER_MAX_VALUE, outgoing
+    from pipeline.processor import DeadLetter, Outcome
+
+    proc = make_processor(tmp_path)
+    releases = [r for f in eeg_frames("a", 3.0) for r in proc.process(encode_frame(f), b"a").releases]
+    assert releases
+    big = b"x" * (DEADLETTER_MAX_VALUE + 5)
+    outcome = Outcome(releases=releases[:1], dead_letters=[DeadLetter("bad_frame", "why", b"a", big)],
+                      events=[{"event": "suppressed", "pseudonym": "p1"}])
+    t = Topics.with_prefix("x.")
+    plain, timed = outgoing(outcome, t, "x.raw.eeg/2/7", False), outgoing(outcome, t, "x.raw.eeg/2/7", True)
+    assert [r[0] for r in plain] == [t.private, t.deadletter, t.events]
+    r = releases[0]
+    assert plain[0] == (t.private, r.key, r.value, [("biopriv-t-release-ns", str(r.t_release_ns).encode())])
+    assert timed[0][3][1:] == [("biopriv-t-frame-send-ns", str(r.last_send_ns).encode()),
+                               ("biopriv-last-seq", str(r.last_seq).encode())]
+    topic, key, value, headers = plain[1]
+    assert (key, value) == (b"a", big[:DEADLETTER_MAX_VALUE])
+    assert dict(headers) == {"biopriv-reason": b"bad_frame", "biopriv-detail": b"why",
+                             "biopriv-source": b"x.raw.eeg/2/7", "biopriv-truncated": str(len(big)).encode()}
+    assert plain[2][1:] == (b"p1", b'{"event": "suppressed", "pseudonym": "p1"}', [])
