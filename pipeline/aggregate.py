@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +60,10 @@ def _day_start(stamp: str) -> str:
 class Aggregator:
     """Estimates per feature and period from release records (see the module docstring)."""
 
-    def __init__(self, *, days: bool = True) -> None:
+    def __init__(self, *, days: bool = True, features: Iterable[str] | None = None) -> None:
         self.days = days
+        #: estimate only these features (None: all)
+        self.features = None if features is None else frozenset(features)
         self._seen: set[str] = set()
         self._groups: dict[GroupKey, _Group] = {}
         self.duplicates = 0
@@ -98,6 +101,8 @@ class Aggregator:
             base, _, suffix = name.rpartition(".")
             is_bit = suffix == "present" and base
             feature = base if is_bit else name
+            if self.features is not None and feature not in self.features:
+                continue
             n = noise.get(name, {})
             if not is_bit and "lower" not in n:
                 continue  # binary or categorical feature of a per-window release: not a mean

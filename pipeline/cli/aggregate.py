@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
                    help="stop after S seconds without a new release (a batch job); default: follow until Ctrl-C")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="write the estimates here (.csv or .jsonl)")
     p.add_argument("--no-publish", action="store_true", help="do not write to <prefix>aggregates")
+    p.add_argument("--feature", nargs="+", default=None, metavar="NAME",
+                   help="estimate only these features (default: every feature in the releases)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_broker(args.bootstrap, security=security)
     topics = Topics.with_prefix(args.topic_prefix)
     out_topic = topics.prefix + "aggregates"
-    agg = Aggregator()
+    agg = Aggregator(features=args.feature)
     producer = None
     if not args.no_publish:
         # compacted on the group key: the latest estimate of every feature and period

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -141,9 +142,6 @@ def run(args: argparse.Namespace) -> int:
         thread = threading.Thread(target=do_replay, name="replay", daemon=True)
         thread.start()
 
-        from pipeline.aggregate import Aggregator
-
-        aggregator = Aggregator(days=False)
         latencies: list[float] = []
         per_modality: Counter[str] = Counter()
         pseudonyms: set[str] = set()
@@ -153,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
                 now = time.time_ns()
                 for rec in batch:
                     doc = json.loads(rec.value)
-                    aggregator.add(doc)
                     sent = dict(rec.headers or ()).get("biopriv-t-frame-send-ns")  # --latency-headers
                     ms = (now - int(sent)) / 1e6 if sent else float("nan")
                     latencies.append(ms)
@@ -185,10 +182,10 @@ def run(args: argparse.Namespace) -> int:
             )
         print(
             "  each value is one local-DP release: noisy on its own by design (default epsilon 0.1 per release);\n"
-            "  what an analyst reads is the population estimate with its interval (biopriv aggregate):"
+            "  what an analyst reads is the population estimate with its interval:"
         )
-        _print_estimates(aggregator, clipped)
-        _write_report(aggregator, workdir / "report")
+        estimates = _analyst_commands(args, topics.prefix, workdir)
+        _print_estimates(estimates, clipped)
         ok = len(pseudonyms) >= 3 and len(per_modality) >= 3
         if not ok:
             print(f"biopriv: error: expected releases from 3+ devices in 3 modalities; worker log: {worker_log}", file=sys.stderr)
@@ -212,9 +209,37 @@ def run(args: argparse.Namespace) -> int:
 SUMMARY_FEATURES = ("hr", "rmssd", "scl", "activity", "temp_mean", "resp_rate", "speech_ratio")
 
 
-def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
-    """Each summary feature's private estimate and 95 % interval beside the non-private mean of the
-    same windows, and the planner's cohort size when the interval is too wide to use."""
+def _analyst_commands(args: argparse.Namespace, prefix: str, workdir: Path) -> list[dict[str, Any]]:
+    """Run ``biopriv aggregate`` and ``biopriv report`` on the demo's private topic, as an analyst
+    would, showing each command and its output; returns the estimates ``aggregate`` wrote."""
+    from pipeline.aggregate import read_aggregates
+
+    out, report = workdir / "estimates.jsonl", workdir / "report"
+    _run_shown(["aggregate", "--topic-prefix", prefix, "--until-idle", "2", "--no-publish", "--feature",
+                *SUMMARY_FEATURES, "--out", str(out)], client_argv(args))
+    estimates = read_aggregates(out)
+    present = [f for f in SUMMARY_FEATURES if any(e["feature"] == f for e in estimates)]
+    if present:
+        _run_shown(["report", "--aggregates", str(out), "--feature", *present, "--title",
+                    "biopriv demo: private estimates", "--out", str(report)], [])
+    return estimates
+
+
+def _run_shown(argv: list[str], hidden: list[str]) -> None:
+    """Run ``biopriv ARGV`` (plus ``hidden`` client options) showing the command line and its output."""
+    print(f"\n  $ biopriv {shlex.join(argv)}")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv, *hidden], capture_output=True, text=True)
+    for line in (done.stdout + done.stderr).splitlines():
+        print(f"  {line}")
+    if done.returncode != 0:
+        raise SystemExit(f"biopriv: error: biopriv {argv[0]} failed (exit {done.returncode})")
+
+
+def _print_estimates(estimates: list[dict[str, Any]], recordings: list[Any]) -> None:
+    """Each summary feature's private estimate and 95 % interval over the demo's releases (the UTC
+    day's, from ``biopriv aggregate``) beside the non-private mean of the same windows, and the
+    planner's cohort size when the interval is too wide to use."""
+    from pipeline.aggregate import DAY_S
     from pipeline.features import feature_sets
     from pipeline.features.offline import iter_features
     from pipeline.plan import too_wide_note
@@ -230,8 +255,12 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
                     for name, v in wf.features.items():
                         if name in SUMMARY_FEATURES and v == v:
                             truth.setdefault(name, []).append(float(v))
+    print("\n  the same day estimates beside the non-private mean of the same windows:")
     study = Study.default()
-    by_feature = {e["feature"]: e for e in aggregator.estimates()}
+    by_feature: dict[str, dict[str, Any]] = {}
+    for day in estimates:  # the day with the most reports (the demo may straddle midnight UTC)
+        if day["period"]["seconds"] == DAY_S and day["reports"] > by_feature.get(day["feature"], {}).get("reports", 0):
+            by_feature[day["feature"]] = day
     print(f"  {'feature':<14} {'private estimate [95 % interval]':<40} {'non-private':>11}  reports")
     for name in SUMMARY_FEATURES:
         e, t = by_feature.get(name), truth.get(name)
@@ -244,19 +273,6 @@ def _print_estimates(aggregator: Any, recordings: list[Any]) -> None:
         note = too_wide_note(study, name, (hi - lo) / 2, mean)
         if note is not None:
             print(f"  {'':<14} {note}")
-
-
-def _write_report(aggregator: Any, out_dir: Path) -> None:
-    """The summary features' estimates as the analyst's HTML report (biopriv report) in ``out_dir``."""
-    from pipeline.report import write_report
-    from pipeline.study import Study
-
-    estimates = [e for e in aggregator.estimates() if e["feature"] in SUMMARY_FEATURES]
-    if not estimates:
-        print("  report: no estimates yet, so no report")
-        return
-    index = write_report(estimates, Study.default(), out_dir, "biopriv demo: private estimates")
-    print(f"  report with plots: {index}")
 
 
 def _clip(recording: Any, seconds: float) -> Any:

@@ -64,6 +64,18 @@ def test_duplicates_are_dropped_and_groups_are_period_and_day() -> None:
     assert period["scheduling"] == "population" and period["mechanism"] in ("duchi", "piecewise")
 
 
+def test_a_feature_filter_keeps_only_the_named_features() -> None:
+    two = from_mapping({"sets": {"eda": {"features": ["scl", "scr_count"], "period": "1h", "epsilon_per_day": 2.0}}}, "two")
+    recs = reports(two, "eda", np.abs(np.random.default_rng(4).normal(5, 1, (60, 2))), 5)
+    everything, only_scl = Aggregator(), Aggregator(features=["scl"])
+    for r in recs:
+        everything.add(r)
+        only_scl.add(r)
+    assert {e["feature"] for e in everything.estimates()} == {"scl", "scr_count"}
+    assert {e["feature"] for e in only_scl.estimates()} == {"scl"}
+    assert [e for e in everything.estimates() if e["feature"] == "scl"] == only_scl.estimates()
+
+
 def test_a_few_equal_reports_do_not_give_a_zero_width_interval() -> None:
     """Two reports with the same released value (common with Duchi's two outputs) have no spread;
     the interval still carries at least the mechanism's least noise (here Piecewise at epsilon 2 on

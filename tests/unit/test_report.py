@@ -201,20 +201,3 @@ def test_report_is_deterministic(tmp_path: Path, report: Path) -> None:
     again = write_report(synthetic(), Study.default(), tmp_path, "Cohort A")
     assert again.read_text() == report.read_text()
     assert re.search(r"<title>Cohort A</title>", again.read_text())
-
-
-def test_demo_writes_the_summary_features_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli.demo import _write_report
-
-    class Aggregates:
-        def __init__(self, records: list[dict[str, Any]]) -> None:
-            self.records = records
-
-        def estimates(self) -> list[dict[str, Any]]:
-            return self.records
-
-    _write_report(Aggregates(synthetic()), tmp_path / "report")
-    assert capsys.readouterr().out.strip() == f"report with plots: {tmp_path / 'report' / 'index.html'}"
-    assert set(parse(tmp_path / "report" / "index.html").tables) == {"hr"}  # the EEG features are not summarized
-    _write_report(Aggregates([]), tmp_path / "none")
-    assert "no report" in capsys.readouterr().out and not (tmp_path / "none").exists()

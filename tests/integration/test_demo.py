@@ -1,0 +1,33 @@
+"""``biopriv demo`` on the live broker, short: releases from every modality, then the analyst's
+commands run as a user would (``biopriv aggregate`` -> estimates file, ``biopriv report`` -> HTML),
+and each summary feature's private day estimate beside its non-private value."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_ends_with_the_analyst_commands_and_their_output(kafka_bootstrap: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--bootstrap", kafka_bootstrap, "--quiet",
+                           "--devices", "1", "--seconds", "15", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "$ biopriv aggregate" in out and "$ biopriv report" in out
+    estimates = [json.loads(line) for line in (tmp_path / "estimates.jsonl").read_text().splitlines()]
+    days = {e["feature"]: e for e in estimates if e["period"]["seconds"] == 86_400}
+    assert "hr" in days and days["hr"]["reports"] > 0
+    # the aggregate command's day table shows the estimate written to the file
+    row = next(line for line in out.splitlines() if re.match(r"\s+hr\s+\d{4}-\d\d-\d\d\s", line))
+    assert f"{days['hr']['estimate']:.4g}" in row
+    index = tmp_path / "report" / "index.html"
+    assert index.exists() and "<img" in index.read_text() and (tmp_path / "report" / "hr.png").exists()
+    assert "non-private" in out and re.search(r"^\s+hr\s+\S+ \[\S+, \S+\]\s+\d", out, re.M)
