@@ -151,6 +151,9 @@ class WorkerSettings:
     data_dir: Path = Path(".biopriv/worker")
     checkpoint_interval_s: float = 1.0
     session_timeout_s: float = 10.0
+    #: Request timeout of the worker's producer and consumer, s (None: the clients' defaults, 15 s
+    #: for the producer and 40 s for the consumer). A send not acknowledged within it has failed.
+    request_timeout_s: float | None = None
     state_idle_s: float = 600.0
     #: Most messages processed per fetched batch (aiokafka ``getmany(max_records=...)``).
     max_batch: int = 500
@@ -247,14 +250,15 @@ class StreamWorker(Service):
 
     async def on_start(self) -> None:
         s = self.settings
-        self.producer = async_producer(s.bootstrap, security=s.security)
+        timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
+        self.producer = async_producer(s.bootstrap, security=s.security, **timeout)
         await self.producer.start()
         self.consumer = async_consumer(
             s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self), security=s.security,
             max_partition_fetch_bytes=s.fetch_bytes_per_partition,
             fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000),
+            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout,
         )
         await self.consumer.start()
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
