@@ -319,7 +319,8 @@ def async_error(exc: BaseException, action: str) -> BrokerError:
 
     transient = isinstance(exc, KafkaTimeoutError | KafkaConnectionError | TimeoutError) or getattr(exc, "retriable", False)
     cls = BrokerUnavailable if transient else BrokerError
-    return cls(f"{action}: {type(exc).__name__}: {exc}" if str(exc) else f"{action}: {type(exc).__name__}")
+    detail = str(exc) or ("no answer within the request timeout" if isinstance(exc, TimeoutError) else "")
+    return cls(f"{action}: {type(exc).__name__}: {detail}" if detail else f"{action}: {type(exc).__name__}")
 
 
 @contextlib.contextmanager
@@ -361,6 +362,35 @@ class _Ack:
     async def _wait(self) -> None:
         with async_errors(f"send to {self.topic}"):
             await self.future
+
+
+class ClientLogMute(logging.Filter):
+    """Drops aiokafka's log records below CRITICAL while ``active()``: during a broker outage the
+    clients log an error per connection attempt, fetch and heartbeat; the worker logs the outage
+    once when it begins and once when it ends instead. ``dropped`` counts what was dropped."""
+
+    def __init__(self, active: Callable[[], bool]) -> None:
+        super().__init__("aiokafka")
+        self.active = active
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.CRITICAL and self.active():
+            self.dropped += 1
+            return False
+        return True
+
+
+def mute_client_logs(active: Callable[[], bool]) -> ClientLogMute:
+    """Install a :class:`ClientLogMute` on every aiokafka logger (a logger's filter does not
+    apply to its children, so each module's logger gets it); return it."""
+    import aiokafka  # noqa: F401 - its modules create their loggers on import
+
+    mute = ClientLogMute(active)
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in names:
+        logging.getLogger(name).addFilter(mute)
+    return mute
 
 
 def _diagnose(bootstrap: str, security: ClientSecurity) -> str:

@@ -89,6 +89,7 @@ from connectors.kafka import (
     async_errors,
     async_producer,
     async_sender,
+    mute_client_logs,
     read_partition,
 )
 from connectors.security import ClientSecurity
@@ -262,6 +263,7 @@ class StreamWorker(Service):
     async def on_start(self) -> None:
         s = self.settings
         timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
+        self.muted = mute_client_logs(lambda: self.outage.active)
         self.producer = async_producer(s.bootstrap, security=s.security, **timeout)
         await self.producer.start()
         self._send = async_sender(self.producer)
@@ -512,7 +514,7 @@ class StreamWorker(Service):
         """
         timeout = self.settings.request_timeout_s or 15.0
         try:
-            with async_errors("offset commit"):
+            with async_errors("commit to the group coordinator"):
                 await asyncio.wait_for(self.consumer.commit(offsets), timeout)
         except BrokerUnavailable:
             raise

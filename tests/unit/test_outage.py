@@ -165,3 +165,46 @@ def test_retry_runs_an_idempotent_read_until_it_succeeds() -> None:
     with pytest.raises(ValueError):
         asyncio.run(retry("read state", denied, outage, sleep=clock.sleep))
     assert issubclass(BrokerUnavailable, BrokerError)
+
+
+def test_client_errors_map_to_broker_unavailable_only_when_transient() -> None:
+    from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError
+
+    from connectors.kafka import async_error
+
+    for exc in (KafkaTimeoutError(), KafkaConnectionError("refused"), RequestTimedOutError(), TimeoutError()):
+        mapped = async_error(exc, "send to t.private.features")
+        assert isinstance(mapped, BrokerUnavailable), exc
+        assert str(mapped).startswith(f"send to t.private.features: {type(exc).__name__}")
+    mapped = async_error(CommitFailedError("rebalanced"), "commit")
+    assert isinstance(mapped, BrokerError) and not isinstance(mapped, BrokerUnavailable)
+
+
+def test_client_logs_are_muted_only_during_an_outage() -> None:
+    from connectors.kafka import mute_client_logs
+
+    out = Outage()
+    mute = mute_client_logs(lambda: out.active)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("aiokafka.conn")
+    logger.addHandler(handler)
+    try:
+        logger.error("before")
+        out.since = 0.0  # an outage under way
+        logger.error("during")
+        logging.getLogger("aiokafka").warning("during too")
+        logger.critical("critical passes")
+        out.since = None
+        logger.error("after")
+    finally:
+        logger.removeHandler(handler)
+        for name in list(logging.Logger.manager.loggerDict):
+            if name.startswith("aiokafka"):
+                logging.getLogger(name).removeFilter(mute)
+    assert seen == ["before", "critical passes", "after"] and mute.dropped == 2
