@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -365,28 +367,41 @@ class _Ack:
 
 
 class ClientLogMute(logging.Filter):
-    """Drops aiokafka's log records below CRITICAL while ``active()``: during a broker outage the
-    clients log an error per connection attempt, fetch and heartbeat; the worker logs the outage
-    once when it begins and once when it ends instead. ``dropped`` counts what was dropped."""
+    """Quiets aiokafka's logs: drops its records below CRITICAL while ``active()`` (a broker outage,
+    which the worker logs once when it begins and once when it ends), and otherwise lets each kind
+    of warning or error (same logger and message template) through at most once per ``every_s``:
+    an unreachable broker makes the clients log about 60 lines a second before the outage is
+    detected. ``dropped`` counts what was dropped."""
 
-    def __init__(self, active: Callable[[], bool]) -> None:
+    def __init__(self, active: Callable[[], bool], every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__("aiokafka")
-        self.active = active
+        self.active, self.every_s, self.clock = active, every_s, clock
         self.dropped = 0
+        self._last: dict[tuple[str, object], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.CRITICAL and self.active():
+        if record.levelno >= logging.CRITICAL:
+            return True
+        if self.active():
             self.dropped += 1
             return False
+        if record.levelno < logging.WARNING:
+            return True
+        kind, now = (record.name, record.msg), self.clock()
+        if now - self._last.get(kind, -math.inf) < self.every_s:
+            self.dropped += 1
+            return False
+        self._last[kind] = now
         return True
 
 
-def mute_client_logs(active: Callable[[], bool]) -> ClientLogMute:
+def mute_client_logs(active: Callable[[], bool], **options: Any) -> ClientLogMute:
     """Install a :class:`ClientLogMute` on every aiokafka logger (a logger's filter does not
     apply to its children, so each module's logger gets it); return it."""
     import aiokafka  # noqa: F401 - its modules create their loggers on import
 
-    mute = ClientLogMute(active)
+    mute = ClientLogMute(active, **options)
     names = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
     for name in names:
         logging.getLogger(name).addFilter(mute)

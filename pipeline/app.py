@@ -47,9 +47,9 @@ the loop begins a checkpoint between two batches: the devices whose ledger chang
 offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
 at most :data:`CHECKPOINT_SLICE_S` (2 ms) at a time: encoding all 140 devices of the standard
-benchmark fleet at once held the loop 35-100 ms. A background task then waits until every message
-sent so far is acknowledged, commits the consumed offsets, writes the device records to
-``<prefix>state``, waits again, then writes the resume offsets; processing goes on meanwhile (one
+benchmark fleet at once held the loop 35-100 ms. A background task then commits the consumed
+offsets, writes the device records to ``<prefix>state``, waits for their acknowledgements, then
+writes the resume offsets; processing goes on meanwhile (one
 checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
 before they are released. The first message of a newly assigned raw partition triggers its
 recovery: the partition's ledger records are loaded into the privacy engine, grid anchors are
@@ -60,6 +60,11 @@ window is a ledger replay and is not published again, and a release lost from th
 two checkpoints is re-released bit-identically (same ``release_id`` and value bytes; only the
 ``biopriv-t-release-ns`` header, delivery metadata, differs). Transactions (``exactly_once``) were
 tried and are not used (``docs/operations.md``, "exactly_once").
+
+Broker outages (:mod:`pipeline.outage`, ``docs/operations.md``, "Broker outages"): a batch's
+offsets count as consumed only once every record it produced is acknowledged; failed sends are
+re-sent unchanged with backoff before anything further is consumed, recovery reads and offset
+commits are retried the same way, and readiness is false meanwhile: a broker outage never ends the loop.
 """
 
 from __future__ import annotations

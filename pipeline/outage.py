@@ -95,9 +95,8 @@ class Outage:
             self.since = self.clock()
             self.attempts = 0
             self.outages_total += 1
-            log.warning("broker unavailable (%s: %s): not ready; the worker keeps its state and retries with "
-                        "backoff up to %.0f s, consuming nothing further until every send is acknowledged",
-                        what, exc, self.backoff.cap_s)
+            log.warning("broker unavailable (%s: %s): not ready; the worker keeps its state, consumes nothing "
+                        "further and retries with backoff (at most %.0f s apart)", what, exc, self.backoff.cap_s)
         delay = self.backoff.delay(self.attempts, self.rng)
         self.attempts += 1
         self.retries_total += 1

@@ -184,7 +184,8 @@ def test_client_logs_are_muted_only_during_an_outage() -> None:
     from connectors.kafka import mute_client_logs
 
     out = Outage()
-    mute = mute_client_logs(lambda: out.active)
+    clock = FakeClock()
+    mute = mute_client_logs(lambda: out.active, clock=clock)
     seen: list[str] = []
 
     class Keep(logging.Handler):
@@ -202,9 +203,13 @@ def test_client_logs_are_muted_only_during_an_outage() -> None:
         logger.critical("critical passes")
         out.since = None
         logger.error("after")
+        logger.error("again %s", 1)  # a repeated kind: once a minute
+        logger.error("again %s", 2)
+        clock.now += 61.0
+        logger.error("again %s", 3)
     finally:
         logger.removeHandler(handler)
         for name in list(logging.Logger.manager.loggerDict):
             if name.startswith("aiokafka"):
                 logging.getLogger(name).removeFilter(mute)
-    assert seen == ["before", "critical passes", "after"] and mute.dropped == 2
+    assert seen == ["before", "critical passes", "after", "again 1", "again 3"] and mute.dropped == 3
