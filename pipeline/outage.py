@@ -96,7 +96,7 @@ class Outage:
             self.attempts = 0
             self.outages_total += 1
             log.warning("broker unavailable (%s: %s): not ready; the worker keeps its state, consumes nothing "
-                        "further and retries with backoff (at most %.0f s apart)", what, exc, self.backoff.cap_s)
+                        "further and retries with backoff (at most %g s apart)", what, exc, self.backoff.cap_s)
         delay = self.backoff.delay(self.attempts, self.rng)
         self.attempts += 1
         self.retries_total += 1
