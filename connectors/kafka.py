@@ -18,15 +18,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from connectors.security import CONFIG_ENV, ClientSecurity, load_client_config
-from pipeline.errors import BrokerError, ConfigError
+from pipeline.errors import BrokerError, BrokerUnavailable, ConfigError
 
 DEFAULT_BOOTSTRAP = os.environ.get("BIOPRIV_BOOTSTRAP", "127.0.0.1:9092")
 
@@ -299,6 +301,111 @@ def async_producer(bootstrap: str, *, security: ClientSecurity | None = None, **
 
     return AIOKafkaProducer(bootstrap_servers=bootstrap, client_id="biopriv-worker",
                             **resolve_security(security).aiokafka(), **{**ASYNC_PRODUCER_SETTINGS, **overrides})
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """One record the worker produces: computed once, so a re-send after a failure has the same bytes."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int | None = None
+
+
+def async_error(exc: BaseException, action: str) -> BrokerError:
+    """An aiokafka error as :class:`~pipeline.errors.BrokerUnavailable` when it is transient (no
+    answer in time, connection lost, a retriable broker error), else as :class:`BrokerError`."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    transient = isinstance(exc, KafkaTimeoutError | KafkaConnectionError | TimeoutError) or getattr(exc, "retriable", False)
+    cls = BrokerUnavailable if transient else BrokerError
+    detail = str(exc) or ("no answer within the request timeout" if isinstance(exc, TimeoutError) else "")
+    return cls(f"{action}: {type(exc).__name__}: {detail}" if detail else f"{action}: {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def async_errors(action: str) -> Iterator[None]:
+    """Map aiokafka errors (and timeouts) raised inside the block with :func:`async_error`."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        yield
+    except (KafkaError, TimeoutError) as exc:
+        raise async_error(exc, action) from exc
+
+
+def async_sender(producer: Any) -> Callable[[OutRecord], Awaitable[Awaitable[None]]]:
+    """``send(record)``: enqueue ``record`` on the aiokafka ``producer`` and return its acknowledgement.
+
+    Both raise :class:`~pipeline.errors.BrokerError` (:func:`async_error`): the enqueue when the
+    producer cannot take the record within its request timeout, the acknowledgement when the
+    broker did not confirm the write within it (the producer's own retries included).
+    """
+
+    async def send(r: OutRecord) -> Awaitable[None]:
+        with async_errors(f"send to {r.topic}"):
+            future = await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers), partition=r.partition)
+        return _Ack(future, r.topic)
+
+    return send
+
+
+class _Ack:
+    """The acknowledgement of one sent record, awaitable (maps its errors); nothing runs until awaited."""
+
+    def __init__(self, future: Awaitable[Any], topic: str) -> None:
+        self.future, self.topic = future, topic
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> None:
+        with async_errors(f"send to {self.topic}"):
+            await self.future
+
+
+class ClientLogMute(logging.Filter):
+    """Quiets aiokafka's logs: drops its records below CRITICAL while ``active()`` (a broker outage,
+    which the worker logs once when it begins and once when it ends), and otherwise lets each kind
+    of warning or error (same logger and message template) through at most once per ``every_s``:
+    an unreachable broker makes the clients log about 60 lines a second before the outage is
+    detected. ``dropped`` counts what was dropped."""
+
+    def __init__(self, active: Callable[[], bool], every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("aiokafka")
+        self.active, self.every_s, self.clock = active, every_s, clock
+        self.dropped = 0
+        self._last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        if self.active():
+            self.dropped += 1
+            return False
+        if record.levelno < logging.WARNING:
+            return True
+        kind, now = (record.name, record.msg), self.clock()
+        if now - self._last.get(kind, -math.inf) < self.every_s:
+            self.dropped += 1
+            return False
+        self._last[kind] = now
+        return True
+
+
+def mute_client_logs(active: Callable[[], bool], **options: Any) -> ClientLogMute:
+    """Install a :class:`ClientLogMute` on every aiokafka logger (a logger's filter does not
+    apply to its children, so each module's logger gets it); return it."""
+    import aiokafka  # noqa: F401 - its modules create their loggers on import
+
+    mute = ClientLogMute(active, **options)
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in names:
+        logging.getLogger(name).addFilter(mute)
+    return mute
 
 
 def _diagnose(bootstrap: str, security: ClientSecurity) -> str:

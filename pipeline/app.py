@@ -47,9 +47,9 @@ the loop begins a checkpoint between two batches: the devices whose ledger chang
 offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
 at most :data:`CHECKPOINT_SLICE_S` (2 ms) at a time: encoding all 140 devices of the standard
-benchmark fleet at once held the loop 35-100 ms. A background task then waits until every message
-sent so far is acknowledged, commits the consumed offsets, writes the device records to
-``<prefix>state``, waits again, then writes the resume offsets; processing goes on meanwhile (one
+benchmark fleet at once held the loop 35-100 ms. A background task then commits the consumed
+offsets, writes the device records to ``<prefix>state``, waits for their acknowledgements, then
+writes the resume offsets; processing goes on meanwhile (one
 checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
 before they are released. The first message of a newly assigned raw partition triggers its
 recovery: the partition's ledger records are loaded into the privacy engine, grid anchors are
@@ -60,6 +60,11 @@ window is a ledger replay and is not published again, and a release lost from th
 two checkpoints is re-released bit-identically (same ``release_id`` and value bytes; only the
 ``biopriv-t-release-ns`` header, delivery metadata, differs). Transactions (``exactly_once``) were
 tried and are not used (``docs/operations.md``, "exactly_once").
+
+Broker outages (:mod:`pipeline.outage`, ``docs/operations.md``, "Broker outages"): a batch's
+offsets count as consumed only once every record it produced is acknowledged; failed sends are
+re-sent unchanged with backoff before anything further is consumed, recovery reads and offset
+commits are retried the same way, and readiness is false meanwhile: a broker outage never ends the loop.
 """
 
 from __future__ import annotations
@@ -75,20 +80,26 @@ from typing import Any
 
 import faust
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, ConsumerStoppedError, KafkaError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 
 from connectors.kafka import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_PARTITIONS,
+    OutRecord,
     Topics,
     async_consumer,
+    async_error,
+    async_errors,
     async_producer,
+    async_sender,
+    mute_client_logs,
     read_partition,
 )
 from connectors.security import ClientSecurity
-from pipeline.errors import StateError
+from pipeline.errors import BrokerError, BrokerUnavailable, StateError
+from pipeline.outage import Delivery, Outage, Send, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
     ResumeTracker,
@@ -151,6 +162,9 @@ class WorkerSettings:
     data_dir: Path = Path(".biopriv/worker")
     checkpoint_interval_s: float = 1.0
     session_timeout_s: float = 10.0
+    #: Request timeout of the worker's producer and consumer, s (None: the clients' defaults, 15 s
+    #: for the producer and 40 s for the consumer). A send not acknowledged within it has failed.
+    request_timeout_s: float | None = None
     state_idle_s: float = 600.0
     #: Most messages processed per fetched batch (aiokafka ``getmany(max_records=...)``).
     max_batch: int = 500
@@ -273,21 +287,30 @@ class StreamWorker(Service):
         self._pending: _Checkpoint | None = None  # the checkpoint being encoded
         self._next_checkpoint = 0.0
         self._loop_done = asyncio.Event()
+        #: Broker outage state: backoff, readiness, one log line at each end, retry totals.
+        self.outage = Outage()
+        #: A batch was given up unacknowledged (stop during an outage): its ledger charges must
+        #: not be checkpointed, so the next owner re-releases those windows.
+        self.abandoned = False
         self.producer: Any = None
         self.consumer: Any = None
+        self._send: Send[OutRecord] | None = None  # the producer's send (connectors.kafka.async_sender)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
         s = self.settings
-        self.producer = async_producer(s.bootstrap, security=s.security)
+        timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
+        self.muted = mute_client_logs(lambda: self.outage.active)
+        self.producer = async_producer(s.bootstrap, security=s.security, **timeout)
         await self.producer.start()
+        self._send = async_sender(self.producer)
         self.consumer = async_consumer(
             s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self), security=s.security,
             max_partition_fetch_bytes=s.fetch_bytes_per_partition,
             fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000),
+            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout,
         )
         await self.consumer.start()
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
@@ -300,8 +323,15 @@ class StreamWorker(Service):
         except TimeoutError:
             log.warning("the processing loop did not stop within 30 s")
         try:
-            async with self.lock:
-                await self._checkpoint(None)
+            if self.abandoned:
+                log.warning("no final checkpoint: a batch was given up unacknowledged; the next owner "
+                            "re-reads it from the last committed offsets")
+            else:
+                async with self.lock:
+                    await self._checkpoint(None)
+        except Stopping:
+            log.warning("final checkpoint given up: the broker is unavailable; the next owner rebuilds "
+                        "from the last checkpoint")
         except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
             log.exception("final checkpoint failed")
         if self.consumer is not None:
@@ -317,9 +347,22 @@ class StreamWorker(Service):
                     batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
                 except ConsumerStoppedError:
                     break
+                except KafkaError as exc:
+                    error = async_error(exc, "fetch")
+                    if not isinstance(error, BrokerUnavailable):
+                        raise
+                    try:
+                        await self._backoff(self.outage.failed("fetch", error))
+                    except Stopping:
+                        break
+                    continue
                 if batches:
                     async with self.lock:
-                        await self._process(batches)
+                        try:
+                            await self._process(batches)
+                        except Stopping:  # asked to stop during an outage: the batch is given up
+                            self.abandoned = True
+                            break
                 if not self.lock.locked():  # a revocation is checkpointing: it goes first
                     self._checkpoint_step()
         finally:
@@ -327,8 +370,27 @@ class StreamWorker(Service):
 
     # -- processing ---------------------------------------------------------------------------
 
+    def _stopping(self) -> bool:
+        return bool(self.should_stop)
+
+    def _delivery(self) -> Delivery[OutRecord]:
+        assert self._send is not None, "the worker is not started"
+        return Delivery(self._send, self.outage, stopping=self._stopping)
+
+    async def _backoff(self, delay_s: float) -> None:
+        await wait_unless_stopping(delay_s, self.outage.clock, asyncio.sleep, self._stopping)
+
+    async def _beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        with async_errors("read beginning offsets"):
+            return dict(await self.consumer.beginning_offsets(partitions))
+
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Process one fetched batch, send its output, and mark its offsets consumed once all of it
+        is acknowledged (:class:`~pipeline.outage.Delivery`: failed sends are retried with
+        backoff, the same records, before anything further is consumed)."""
         processor, tracker = self.processor, self.tracker
+        out = self._delivery()
+        done: dict[TopicPartition, int] = {}
         deadline = time.perf_counter() + YIELD_EVERY_S
         for tp, messages in batches.items():
             if tp not in self.assigned:  # revoked after the fetch: the next owner reads them
@@ -340,7 +402,7 @@ class StreamWorker(Service):
             for msg in messages:
                 value = msg.value if msg.value is not None else b""
                 if lost and msg.key is not None:
-                    await self._guard_if_lost(msg.key, tp)
+                    await self._guard_if_lost(msg.key, tp, out)
                 try:
                     outcome = processor.process(value, msg.key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
@@ -348,14 +410,16 @@ class StreamWorker(Service):
                     outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
                 tracker.observe(key, msg.offset, outcome.frame)
                 if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
-                    await self._publish(outcome, tp, msg.offset)
+                    await self._publish(outcome, tp, msg.offset, out)
                 if time.perf_counter() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
                     deadline = time.perf_counter() + YIELD_EVERY_S
-            self.consumed[tp] = messages[-1].offset + 1
+            done[tp] = messages[-1].offset + 1
+        await out.settle()  # offsets are committed only past acknowledged output
+        self.consumed.update(done)
 
-    async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int) -> None:
-        t, send = self.settings.topics, self.producer.send
+    async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int, out: Delivery[OutRecord]) -> None:
+        t, send = self.settings.topics, out.add
         if outcome.headers:  # durable before any release that depends on them is published
             await self._write_headers(outcome.headers, tp.partition)
         observe = self.metrics.observe_release
@@ -363,16 +427,18 @@ class StreamWorker(Service):
             observe(r.last_send_ns, r.t_release_ns)
         source = f"{tp.topic}/{tp.partition}/{offset}"
         for topic, key, value, headers in outgoing(outcome, t, source, self.settings.latency_headers):
-            await send(topic, value, key=key, headers=headers)
+            await send(OutRecord(topic, value, key=key, headers=tuple(headers)))
 
     async def _write_headers(self, devices: set[str], partition: int) -> None:
-        """Write the devices' headers (lineage, day keys) to the state topic and wait for them."""
+        """Write the devices' headers (lineage, day keys) to the state topic and wait until they are
+        acknowledged (retried through an outage): they are durable before any release relying on them."""
+        out = self._delivery()
         for device, header in self.processor.header_records(devices).items():
             key, value = header_record(device, header, self.cipher)
-            await self.producer.send(self.settings.topics.state, value, key=key, partition=partition)
-        await self.producer.flush()
+            await out.add(OutRecord(self.settings.topics.state, value, key=key, partition=partition))
+        await out.settle()
 
-    async def _guard_if_lost(self, key: bytes, tp: TopicPartition) -> None:
+    async def _guard_if_lost(self, key: bytes, tp: TopicPartition, out: Delivery[OutRecord]) -> None:
         """First message of a device on a partition whose state was lost: without a ledger of its
         own (from another partition's state), its first windows may repeat what was published under
         the lost lineage, so they are suppressed (``ledger_missing``) for ``ledger_loss_guard_s``."""
@@ -388,7 +454,7 @@ class StreamWorker(Service):
         event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
         log.warning("state of %s/%d was lost: device %s gets a %.0f s ledger_missing guard",
                     tp.topic, tp.partition, pseudonym, margin_s)
-        await self.producer.send(self.settings.topics.events, json.dumps(event).encode(), key=pseudonym.encode())
+        await out.add(OutRecord(self.settings.topics.events, json.dumps(event).encode(), key=pseudonym.encode()))
 
     # -- durable state ------------------------------------------------------------------------
 
@@ -433,36 +499,56 @@ class StreamWorker(Service):
             self._pending = None
 
     async def _write(self, cp: _Checkpoint) -> None:
-        """Write one checkpoint: acknowledged releases, then offsets and ledgers, then resume offsets."""
-        state_topic, producer = self.settings.topics.state, self.producer
+        """Write one checkpoint: offsets, then ledgers, then resume offsets, each step acknowledged.
+
+        Every release charged in the device records is acknowledged already (a batch's offsets
+        and ledger changes count only once its output is, :meth:`_process`). Through an outage
+        the writes are retried with backoff (the same records), so they stay in order.
+        """
+        state_topic = self.settings.topics.state
         try:
-            await producer.flush()  # every release charged in the device records is acknowledged
             if cp.commits:
-                try:
-                    await self.consumer.commit(cp.commits)
-                except (CommitFailedError, KafkaError) as exc:  # a rebalance is under way: redelivered later
-                    log.warning("offset commit failed (%s); those messages will be redelivered", exc)
+                await retry("offset commit", functools.partial(self._commit, cp.commits), self.outage,
+                            stopping=self._stopping)
+            out = self._delivery()
             for key, value, partition in cp.records:
-                await producer.send(state_topic, value, key=key, partition=partition)
-            await producer.flush()  # ledger records before the resume offsets that rely on them
+                await out.add(OutRecord(state_topic, value, key=key, partition=partition))
+            await out.settle()  # ledger records before the resume offsets that rely on them
             # once per partition and assignment, only where this worker checked the layout before
             for partition in sorted(self.verified - self.meta_written):
                 for key, value in self._meta_records():
-                    await producer.send(state_topic, value, key=key, partition=partition)
+                    await out.add(OutRecord(state_topic, value, key=key, partition=partition))
                 self.meta_written.add(partition)
             for (topic, partition), offset in cp.resume.items():
                 key, value = resume_record(topic, partition, offset)
-                await producer.send(state_topic, value, key=key, partition=partition)
-            await producer.flush()
+                await out.add(OutRecord(state_topic, value, key=key, partition=partition))
+            await out.settle()
         except BaseException:
             self.processor.dirty_devices |= cp.dirty
             raise
         self.checkpoints += 1
         self.last_checkpoint = time.monotonic()
 
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout.
+
+        aiokafka waits for the group coordinator without a limit: the timeout makes an outage
+        visible (readiness) even when the worker has nothing to send.
+        """
+        timeout = self.settings.request_timeout_s or 15.0
+        try:
+            with async_errors("commit to the group coordinator"):
+                await asyncio.wait_for(self.consumer.commit(offsets), timeout)
+        except BrokerUnavailable:
+            raise
+        except BrokerError as exc:  # CommitFailedError: a rebalance is under way
+            log.warning("offset commit failed (%s); those messages will be redelivered", exc)
+
     async def _write_logged(self, cp: _Checkpoint) -> None:
         try:
             await self._write(cp)
+        except Stopping:
+            pass
         except Exception:  # noqa: BLE001 - the devices stay dirty; the next checkpoint retries
             log.exception("checkpoint failed")
 
@@ -486,7 +572,10 @@ class StreamWorker(Service):
             return
         async with self.lock:
             try:
-                await self._checkpoint(parts)
+                if not self.abandoned:
+                    await self._checkpoint(parts)
+            except Stopping:
+                log.warning("checkpoint on revocation given up: the broker is unavailable")
             except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
                 log.exception("checkpoint on revocation failed")
             self._drop(parts)
@@ -521,10 +610,11 @@ class StreamWorker(Service):
         ps = load_partition(((k, v) for k, v, _o in records), self.cipher)
         if not self.layout:  # first takeover: the layout every state partition was written under
             counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.settings.topics.raw_all}
-            self.layout = {t: n for t, n in counts.items() if n}
+            layout = {t: n for t, n in counts.items() if n}
             if partition != 0:  # a partition added by repartitioning has no state: partition 0 always does
                 first = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, 0)
-                check_layout(load_partition(((k, v) for k, v, _o in first if k == b"m:layout")).layout, self.layout)
+                check_layout(load_partition(((k, v) for k, v, _o in first if k == b"m:layout")).layout, layout)
+            self.layout = layout  # only once checked: a read failing above is retried from the start
             self.verified.add(0)
         check_layout(ps.layout, self.layout)
         check_fingerprints(ps.fingerprints, self.processor.engine.keys.fingerprints())
@@ -557,22 +647,29 @@ class StreamWorker(Service):
         read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
         t0 = time.monotonic()
-        if partition not in self.loaded:
+        stopping = self._stopping
+        if partition not in self.loaded:  # reads are retried through an outage; nothing changes before they succeed
             try:
-                await self._load_state(partition)
+                await retry(f"read state partition {partition}", functools.partial(self._load_state, partition),
+                            self.outage, stopping=stopping)
             except StateError as exc:
                 log.error("cannot take over %s/%d: %s", topic, partition, exc)
                 raise
         if topic not in self.loaded[partition]:
             raw = TopicPartition(topic, partition)
-            beginning = (await self.consumer.beginning_offsets([raw]))[raw]
+            beginning = (await retry(f"read the beginning of {topic}/{partition}",
+                                     functools.partial(self._beginning_offsets, [raw]), self.outage,
+                                     stopping=stopping))[raw]
             if first_offset > beginning:  # the group consumed it before, and its state is gone
                 self.lost.add(tp)
                 log.warning("%s/%d was consumed up to offset %d but the state topic holds no resume offset for "
                             "it: its state was lost", topic, partition, first_offset)
         start = self.loaded[partition].get(topic, 0)
         if start < first_offset:
-            frames = await loop.run_in_executor(None, read, self.settings.bootstrap, topic, partition, start, first_offset)
+            frames = await retry(f"read {topic}/{partition} to rebuild windows",
+                                 functools.partial(loop.run_in_executor, None, read, self.settings.bootstrap, topic,
+                                                   partition, start, first_offset),
+                                 self.outage, stopping=stopping)
             before = (self.processor.stats.releases, self.processor.stats.replayed)
             headers: set[str] = set()
             for key, value, offset in frames:
@@ -598,8 +695,8 @@ class StreamWorker(Service):
         return self.loop_running and not self._loop_done.is_set()
 
     def ready(self) -> bool:
-        """Partitions are assigned and no recovery is under way."""
-        return self.alive() and bool(self.assigned) and self.recovering == 0
+        """Partitions are assigned, no recovery is under way and the broker is not out."""
+        return self.alive() and bool(self.assigned) and self.recovering == 0 and not self.outage.active
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned raw partition: high watermark minus the next offset to consume."""
@@ -692,8 +789,8 @@ def create_app(settings: WorkerSettings, processor: Processor) -> tuple[faust.Ap
         @app.page("/readyz")
         async def readyz(self: Any, request: Any) -> Any:
             ok = worker.ready()
-            return self.json({"ready": ok, "assigned": len(worker.assigned), "recovering": worker.recovering},
-                             status=200 if ok else 503)
+            return self.json({"ready": ok, "assigned": len(worker.assigned), "recovering": worker.recovering,
+                              "broker_outage": worker.outage.active}, status=200 if ok else 503)
 
     @app.timer(settings.checkpoint_interval_s)
     async def evict() -> None:

@@ -33,6 +33,10 @@ class BrokerError(BioprivError):
     """The Kafka broker is unreachable or refused an operation."""
 
 
+class BrokerUnavailable(BrokerError):
+    """The broker did not answer in time or the connection failed: a transient outage, retried."""
+
+
 class PrivacyError(BioprivError):
     """The privacy engine cannot release a value (bad configuration, missing key...)."""
 

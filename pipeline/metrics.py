@@ -13,7 +13,10 @@ No label names a device or a pseudonym: streams, feature sets, reasons and raw p
 * ``biopriv_checkpoint_age_seconds`` (since the last checkpoint written), ``biopriv_checkpoints_total``;
 * ``biopriv_epsilon_spent_total`` (lifetime epsilon summed over the fleet the worker holds),
   ``biopriv_devices``;
-* ``biopriv_ready`` (1 when partitions are assigned and no recovery is under way).
+* ``biopriv_broker_retries_total`` (attempts, of sends, commits and reads, retried after a broker
+  failure), ``biopriv_broker_outages_total``, ``biopriv_broker_outage_seconds_total`` (the current
+  outage included; ``docs/operations.md``, "Broker outages");
+* ``biopriv_ready`` (1 when partitions are assigned, no recovery is under way and the broker is not out).
 """
 
 from __future__ import annotations
@@ -73,7 +76,14 @@ class _WorkerCollector(Collector):
         yield CounterMetricFamily("biopriv_epsilon_spent", "Lifetime epsilon spent, summed over the devices held",
                                   value=spent)
         yield GaugeMetricFamily("biopriv_devices", "Devices with a privacy ledger on this worker", value=len(devices))
-        yield GaugeMetricFamily("biopriv_ready", "1 when partitions are assigned and recovered", value=int(w.ready()))
+        o = w.outage
+        yield CounterMetricFamily("biopriv_broker_retries", "Attempts (sends, commits, reads) retried after a broker failure",
+                                  value=o.retries_total)
+        yield CounterMetricFamily("biopriv_broker_outages", "Broker outages ridden out or under way", value=o.outages_total)
+        yield CounterMetricFamily("biopriv_broker_outage_seconds", "Seconds spent in broker outages, the current one included",
+                                  value=o.seconds_total())
+        yield GaugeMetricFamily("biopriv_ready", "1 when partitions are assigned and recovered and the broker answers",
+                                value=int(w.ready()))
 
 
 class WorkerMetrics:

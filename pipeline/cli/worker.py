@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
     p.add_argument("--session-timeout", type=float, default=10.0, help="consumer group session timeout, s: how fast a dead worker's partitions move (default %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="S", help="request timeout of the worker's producer and consumer, s: a send not acknowledged within it has failed and is retried with backoff (default: 15 for the producer, 40 for the consumer)")
     p.add_argument("--device-idle", type=float, default=600.0, help="evict the window buffers of a device without a frame for this many seconds; its window grid and budget are kept (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=500, help="most messages processed per fetched batch (default %(default)s): bounds memory and how long a flooding partition delays the others")
     p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (default %(default)s); larger favours throughput of tiny messages over fairness")
@@ -54,11 +55,14 @@ def run(args: argparse.Namespace) -> int:
     from connectors.kafka import Topics, check_broker, ensure_topics
     from pipeline.app import WorkerSettings, run_worker
     from pipeline.study import load_study
+    from pipeline.validation import check_range
 
     if not args.per_window:
         load_study(args.study)  # a bad study file fails here, before anything connects
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    if args.request_timeout is not None:
+        check_range("--request-timeout", args.request_timeout, 0.5, 600.0, unit="s")
     security = client_options(args)
     check_broker(args.bootstrap, security=security)
     topics = Topics.with_prefix(args.topic_prefix)
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         checkpoint_interval_s=args.checkpoint_interval,
         session_timeout_s=args.session_timeout,
+        request_timeout_s=args.request_timeout,
         device_idle_s=args.device_idle,
         max_batch=args.max_batch,
         fetch_bytes_per_partition=args.fetch_bytes,

@@ -205,9 +205,10 @@ def worker_frames(worker: Any) -> int:
 
 
 def run_scenario(label: str, kafka_bootstrap: str, topics: Topics, start_worker: Any, tmp_path: Path,
-                 injure: Callable[[list[Any], Collector, Any], list[Any]], n_workers: int = 1) -> dict[str, Any]:
+                 injure: Callable[[list[Any], Collector, Any], list[Any]], n_workers: int = 1,
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
     config = write_config(tmp_path)
-    args = ("--privacy-config", str(config), "--session-timeout", "6")
+    args = ("--privacy-config", str(config), "--session-timeout", "6", *extra)
     frames = fleet_frames()
     workers = []
     for _ in range(n_workers):  # one after the other: the first creates the shared key file
