@@ -17,7 +17,7 @@ from pipeline.features import DEFAULT_WINDOWS, feature_sets
 from pipeline.features.offline import iter_features
 from pipeline.study import Study, StudySet
 
-__all__ = ["SOURCES", "cohort", "window_values"]
+__all__ = ["SOURCES", "block_means", "cohort", "window_values"]
 
 #: Recordings per stream (relative to ../shared/data); EEG limited to its first 124 s.
 SOURCES = {
@@ -63,20 +63,34 @@ def window_values(study: Study, data_dir: Path, verbose: bool = False) -> dict[s
     return out
 
 
-def cohort(s: StudySet, sources: list[np.ndarray], devices: int, rng: np.random.Generator) -> np.ndarray:
-    """True report values, shape (devices, periods, features), NaN = no valid window in the block."""
+def block_means(s: StudySet, sources: list[np.ndarray]) -> list[np.ndarray]:
+    """Per recording: the mean of every block of consecutive windows a period holds (as many as
+    the recording has, if fewer), one row per start, NaN where the block has no valid window."""
     per_period = max(1, int(s.period_s / DEFAULT_WINDOWS[s.name].hop_s))
-    sizes = np.array([len(x) for x in sources])
-    weights = sizes / sizes.sum()
-    out = np.empty((devices, s.periods_per_day, len(s.features)))
-    for d in range(devices):
-        src = rng.choice(len(sources), size=s.periods_per_day, p=weights)
-        for p, j in enumerate(src):
-            x = sources[j]
-            k = min(per_period, len(x))
-            a = int(rng.integers(0, len(x) - k + 1))
-            block = x[a : a + k]
-            ok = np.isfinite(block)
-            with np.errstate(invalid="ignore"):
-                out[d, p] = np.where(ok.any(axis=0), np.nansum(block, axis=0) / np.maximum(ok.sum(axis=0), 1), np.nan)
+    out = []
+    for x in sources:
+        k = min(per_period, len(x))
+        blocks = np.lib.stride_tricks.sliding_window_view(x, k, axis=0)  # starts x features x k
+        ok = np.isfinite(blocks)
+        with np.errstate(invalid="ignore"):
+            out.append(np.where(ok.any(axis=2), np.nansum(blocks, axis=2) / np.maximum(ok.sum(axis=2), 1), np.nan))
     return out
+
+
+def cohort(s: StudySet, sources: list[np.ndarray], devices: int, rng: np.random.Generator,
+           periods: int | None = None, blocks: list[np.ndarray] | None = None) -> np.ndarray:
+    """True report values, shape (devices, periods, features), NaN = no valid window in the block.
+
+    Each value is the mean of a block of windows cut at a uniform place of a recording drawn with
+    probability proportional to its length. ``periods`` defaults to the set's periods per day;
+    ``blocks`` (:func:`block_means` of ``sources``) saves recomputing them on every call.
+    """
+    periods = s.periods_per_day if periods is None else periods
+    blocks = block_means(s, sources) if blocks is None else blocks
+    sizes = np.array([len(x) for x in sources], dtype=np.float64)
+    src = rng.choice(len(sources), size=(devices, periods), p=sizes / sizes.sum())
+    starts = np.array([len(b) for b in blocks])
+    pick = np.floor(rng.random((devices, periods)) * starts[src]).astype(np.int64)
+    table = np.concatenate(blocks)
+    offsets = np.concatenate([[0], np.cumsum(starts)[:-1]])
+    return table[offsets[src] + pick]
