@@ -1,8 +1,8 @@
 """Utility of the default study on real recordings: population division against budget division.
 
 A cohort is built from the shared real recordings (``../shared/data``): each simulated device's
-value for a report period is the mean of a block of consecutive windows (as many as the period
-holds, or as the recording has) cut at a random place of a random recording that carries the
+value for a report period is the mean of a block of consecutive windows (from one to as many as
+the period holds, ``connectors.cohort``) cut at a random place of a random recording that carries the
 feature set, computed by the pipeline's own feature code; a block without any valid window is a
 missing value. One simulated UTC day of ``--devices`` devices is then released through
 ``PrivacyEngine.privatize`` under the default study, once with each scheduling at the same daily

@@ -3,7 +3,10 @@
 Used by the study utility benchmark and the estimator coverage test: each feature set's window
 values are computed from the shared recordings (``../shared/data``) by the pipeline's own feature
 code, and a simulated device's value for a report period is the mean of a block of consecutive
-windows cut at a random place of a random recording (a block without a valid window is missing).
+windows cut at a random place of a random recording, from one window to as many as the period
+holds (a device worn for part of the period; a block without a valid window is missing). The
+shared recordings are short (minutes) beside the periods (10 min, 1 h): blocks of the period's
+full length would give most sets one to three distinct values, every device alike.
 """
 
 from __future__ import annotations
@@ -63,34 +66,43 @@ def window_values(study: Study, data_dir: Path, verbose: bool = False) -> dict[s
     return out
 
 
-def block_means(s: StudySet, sources: list[np.ndarray]) -> list[np.ndarray]:
-    """Per recording: the mean of every block of consecutive windows a period holds (as many as
-    the recording has, if fewer), one row per start, NaN where the block has no valid window."""
+def block_means(s: StudySet, sources: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per recording: running sums of its valid window values and of their counts (a leading row
+    of zeros), and the longest block a report period holds (the period's windows, or as many as the
+    recording has): what :func:`cohort` cuts blocks from."""
     per_period = max(1, int(s.period_s / DEFAULT_WINDOWS[s.name].hop_s))
     out = []
     for x in sources:
-        k = min(per_period, len(x))
-        blocks = np.lib.stride_tricks.sliding_window_view(x, k, axis=0)  # starts x features x k
-        ok = np.isfinite(blocks)
-        with np.errstate(invalid="ignore"):
-            out.append(np.where(ok.any(axis=2), np.nansum(blocks, axis=2) / np.maximum(ok.sum(axis=2), 1), np.nan))
+        ok = np.isfinite(x)
+        zero = np.zeros((1, x.shape[1]))
+        sums = np.concatenate([zero, np.cumsum(np.where(ok, x, 0.0), axis=0)])
+        counts = np.concatenate([zero, np.cumsum(ok, axis=0, dtype=np.float64)])
+        out.append((sums, counts, min(per_period, len(x))))
     return out
 
 
 def cohort(s: StudySet, sources: list[np.ndarray], devices: int, rng: np.random.Generator,
-           periods: int | None = None, blocks: list[np.ndarray] | None = None) -> np.ndarray:
+           periods: int | None = None, blocks: list[tuple[np.ndarray, np.ndarray, int]] | None = None) -> np.ndarray:
     """True report values, shape (devices, periods, features), NaN = no valid window in the block.
 
-    Each value is the mean of a block of windows cut at a uniform place of a recording drawn with
-    probability proportional to its length. ``periods`` defaults to the set's periods per day;
-    ``blocks`` (:func:`block_means` of ``sources``) saves recomputing them on every call.
+    Each value is the mean of the valid windows of a block of consecutive windows of a recording
+    drawn with probability proportional to its length: the block's length is uniform from one
+    window to as many as the period holds (a device worn for part of the period), its start
+    uniform. ``periods`` defaults to the set's periods per day; ``blocks`` (:func:`block_means`
+    of ``sources``) saves recomputing them on every call.
     """
     periods = s.periods_per_day if periods is None else periods
     blocks = block_means(s, sources) if blocks is None else blocks
     sizes = np.array([len(x) for x in sources], dtype=np.float64)
     src = rng.choice(len(sources), size=(devices, periods), p=sizes / sizes.sum())
-    starts = np.array([len(b) for b in blocks])
-    pick = np.floor(rng.random((devices, periods)) * starts[src]).astype(np.int64)
-    table = np.concatenate(blocks)
-    offsets = np.concatenate([[0], np.cumsum(starts)[:-1]])
-    return table[offsets[src] + pick]
+    longest = np.array([b[2] for b in blocks])
+    length = 1 + np.floor(rng.random((devices, periods)) * longest[src]).astype(np.int64)
+    start = np.floor(rng.random((devices, periods)) * (sizes[src] - length + 1)).astype(np.int64)
+    out = np.empty((devices, periods, sources[0].shape[1]))
+    for j, (sums, counts, _) in enumerate(blocks):
+        at = src == j
+        a, b = start[at], start[at] + length[at]
+        n = counts[b] - counts[a]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[at] = np.where(n > 0, (sums[b] - sums[a]) / n, np.nan)
+    return out
