@@ -97,7 +97,8 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
     for name in names:
         s = base.sets[name]
         blocks = block_means(s, sources[name])
-        expected = dict(zip([f.name for f in s.features], np.nanmean(np.concatenate(blocks), axis=0).tolist(), strict=True))
+        big = cohort(s, sources[name], 20_000, rng, periods=1, blocks=blocks)[:, 0]  # the population's mean
+        expected = dict(zip([f.name for f in s.features], truth_mean(big).tolist(), strict=True))
         for n, runs in sizes.items():
             err = {e: np.full((runs, len(s.features)), np.nan) for e in EPSILONS}
             cov = {e: np.zeros(len(s.features)) for e in EPSILONS}
