@@ -297,7 +297,8 @@ def estimate_present_mean(
     strategy a report may carry either or both). With ``v`` the mean of the released values and
     ``p`` the debiased presence frequency, ``E[v] = p mu + (1 - p) c`` (``c`` the fallback), so
     ``mu = (v - (1 - p) c) / p``: unbiased up to the ratio's second-order term, with a
-    delta-method interval. Ignoring the presence bit biases the mean toward ``c``.
+    delta-method standard error and Fieller's interval within the bounds (:func:`present_mean`).
+    Ignoring the presence bit biases the mean toward ``c``.
     """
     present = f"{feature}.present"
     values, bits = ValueStats(), None
