@@ -1,11 +1,11 @@
 """Utility of the default study on real recordings: population division against budget division.
 
 A cohort is built from the shared real recordings (``../shared/data``): each simulated device's
-value for a report period is the mean of a block of consecutive windows (as many as the period
-holds, or as the recording has) cut at a random place of a random recording that carries the
+value for a report period is the mean of a block of consecutive windows (from one to as many as
+the period holds, ``connectors.cohort``) cut at a random place of a random recording that carries the
 feature set, computed by the pipeline's own feature code; a block without any valid window is a
-missing value. One simulated UTC day of ``--devices`` devices is then released through
-``PrivacyEngine.privatize`` under the default study, once with each scheduling at the same daily
+missing value. One simulated UTC day of ``--devices`` devices is then released through the
+study's release plan under the engine's noise identities (``pipeline.evaluation``) under the default study, once with each scheduling at the same daily
 epsilon per device:
 
 * **population division**: each device reports in one period of the day (chosen from its key),
@@ -39,38 +39,28 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import cpu_model, load_average  # noqa: E402
 from connectors.cohort import cohort, window_values  # noqa: E402
 from pipeline.errors import PrivacyError  # noqa: E402
+from pipeline.evaluation import DAY0_NS, Simulator, report_values  # noqa: E402
 from pipeline.plan import predict  # noqa: E402
-from pipeline.privacy import KeyRing, PrivacyEngine, PrivateRelease, ReleaseRequest, estimate_present_mean  # noqa: E402
+from pipeline.privacy import KeyRing, estimate_present_mean  # noqa: E402
 from pipeline.study import DEFAULT_STUDY, Study, StudySet, from_mapping  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-DAY0 = 1_767_225_600 * 10**9
 
 def release(s: StudySet, study: Study, truth: np.ndarray, seed: int) -> list[list[dict[str, Any]]]:
-    """Privatize the scheduled reports of one day; records (published fields) per period."""
+    """Privatize the scheduled reports of one day (``pipeline.evaluation``); records per period."""
     rng = np.random.default_rng(seed)
     keys = KeyRing({"n1": rng.bytes(32)}, {"p1": rng.bytes(32)}, "n1", "p1")
-    engine = PrivacyEngine(study.privacy_config(), keys)
+    sim = Simulator(study, keys)
     devices, periods, _ = truth.shape
-    mids = np.array([(f.spec.lower + f.spec.upper) / 2 for f in s.features])
-    step = s.period_s * 10**9
-    by_period: list[list[dict[str, Any]]] = [[] for _ in range(periods)]
+    first = DAY0_NS // (s.period_s * 10**9)
+    lineages = [rng.bytes(16).hex() for _ in range(devices)]  # one ledger per device, as the engine's
+    by_period: list[list[dict[str, Any]]] = []
     for p in range(periods):
-        for d in range(devices):
-            dev = f"dev-{d}"
-            if not study.scheduled(keys.tag, dev, s.name, p):
-                continue
-            v = truth[d, p]
-            present = np.isfinite(v)
-            values = np.concatenate([np.where(present, v, mids), present.astype(np.float64)])
-            req = ReleaseRequest(dev, s.name, s.name, p, float(s.period_s), float(s.period_s), DAY0 + p * step,
-                                 DAY0 + (p + 1) * step, values, s.specs, b"bench|%d" % p, s.epsilon_per_report)
-            out = engine.privatize(req)
-            if not isinstance(out, PrivateRelease):
-                raise RuntimeError(f"{s.name}: report suppressed: {out.reason}")
-            vals = out.values.to_dict()
-            by_period[p].append({"values": vals, "noise": out.plan.describe(vals)})
+        who = [d for d in range(devices) if study.scheduled(keys.tag, f"dev-{d}", s.name, first + p)]
+        values = report_values(s, truth[who, p]) if who else np.empty((0, 2 * len(s.features)))
+        by_period.append(sim.records(s.name, values, [f"dev-{d}" for d in who], [first + p] * len(who),
+                                     [lineages[d] for d in who], b"bench|%d" % p))
     return by_period
 
 
@@ -168,6 +158,12 @@ def _needed(v: dict[str, Any], devices: int) -> str:
     return f"{devices * (half / (0.05 * width)) ** 2:,.0f}"
 
 
+def _day_loss(v: dict[str, Any]) -> float:
+    """|day error| + CI half-width; infinite when there is no day estimate."""
+    loss = abs(v["day_error"]) + v["day_ci95_halfwidth"]
+    return loss if math.isfinite(loss) else math.inf
+
+
 def report_md(r: dict[str, Any]) -> str:
     lines = [
         "# Utility of the default study: population vs budget division",
@@ -200,8 +196,7 @@ def report_md(r: dict[str, Any]) -> str:
             continue
         for f in e["population"]["features"]:
             pop, bud = e["population"]["features"][f], e["budget"]["features"][f]
-            wins["population" if abs(pop["day_error"]) + pop["day_ci95_halfwidth"]
-                 <= abs(bud["day_error"]) + bud["day_ci95_halfwidth"] else "budget"] += 1
+            wins["population" if _day_loss(pop) <= _day_loss(bud) else "budget"] += 1
     lines += [
         "",
         f"Day-mean error (|error| + CI half-width) is lower under population division for {wins['population']} "

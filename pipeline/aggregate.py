@@ -5,8 +5,8 @@ one at a time, drops duplicates by ``release_id`` (delivery is at-least-once), a
 the sufficient statistics of each numeric feature and of its presence bit. A group is a feature
 in a period: the record's report period (``slot``), and the UTC day it falls in. Each group's
 estimate is the mean over the devices with a value (:func:`~pipeline.privacy.estimators.present_mean`),
-with its standard error and 95 % interval; without presence bits (per-window releases) it is the
-plain mean of the released values.
+with its standard error and 95 % interval (Fieller's interval for the ratio, within the feature's
+bounds); without presence bits (per-window releases) it is the plain mean of the released values.
 
 The aggregator holds no state that the release topic does not: after a crash it is rebuilt by
 reading the topic again, which is what ``biopriv aggregate`` does (``docs/analysis.md``).
@@ -24,6 +24,7 @@ Aggregate record (``<prefix>aggregates``, ``--out``), schema ``v`` 1::
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -52,6 +53,7 @@ class _Group:
     scheduling: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def _day_start(stamp: str) -> str:
     t = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return datetime(t.year, t.month, t.day, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -139,7 +141,8 @@ class Aggregator:
             return None
         fallback = (g.noise["lower"] + g.noise["upper"]) / 2.0
         try:
-            est = present_mean(g.values, g.bits, fallback, confidence=confidence)
+            est = present_mean(g.values, g.bits, fallback, confidence=confidence,
+                               bounds=(float(g.noise["lower"]), float(g.noise["upper"])))
             share = g.bits.share_and_variance()[0] if g.bits is not None else None
         except PrivacyError:
             return None

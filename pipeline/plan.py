@@ -7,6 +7,11 @@ mechanism's exact variance at the expected true value, ``expected``; default the
 bounds, where Duchi's and Piecewise's variance is largest), the presence bit's variance (zero
 term when the expected value is the fallback, i.e. the midpoint), and the number of reports that
 carry the feature (scheduling, reports per day, 1-of-d sampling). :func:`devices_for` inverts it.
+
+The prediction is the delta method's, valid while the share of devices with a value is itself
+well estimated: each row gives that share's standard deviation (``share_sd_*``); above about 0.1
+the estimate is a ratio with a noisy denominator, its error has heavy tails and exceeds the
+prediction (``benchmarks/results/utility.md``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ def _half_width(row: dict[str, Any], reports: float) -> float:
     return Z95 * math.sqrt(var)
 
 
+def _share_sd(row: dict[str, Any], reports: float) -> float:
+    """Standard deviation of the estimated share of devices with a value (its presence bits)."""
+    n = reports * row["share"]
+    return math.sqrt(row["var_bit"] / n) if n >= 1 else math.inf
+
+
 def _reports(study: Study, set_name: str, devices: int) -> tuple[float, float]:
     """Expected reports per period and per day from ``devices`` devices."""
     s = study.sets[set_name]
@@ -75,6 +86,7 @@ def predict(study: Study, devices: int, expected: dict[str, float] | None = None
                 "feature_set": name, "feature": r["feature"], "period_s": s.period_s,
                 "reports_per_period": per_period, "reports_per_day": per_day,
                 "half_width_period": _half_width(r, per_period), "half_width_day": _half_width(r, per_day),
+                "share_sd_period": _share_sd(r, per_period), "share_sd_day": _share_sd(r, per_day),
                 "mechanism": r["mechanism"], "epsilon": r["epsilon"],
             })
     return rows

@@ -11,6 +11,7 @@ benchmark need besides travels in Kafka headers the worker adds only when asked
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -46,12 +47,44 @@ class ReleaseRecord:
 
 def slot(start_ns: int, seconds: float) -> dict[str, Any]:
     """The public time slot of a window starting at ``start_ns``: UTC, rounded down to ``seconds``."""
+    return {"start": _slot_start(start_ns, seconds), "seconds": seconds}
+
+
+@functools.lru_cache(maxsize=4096)
+def _slot_start(start_ns: int, seconds: float) -> str:
     step = max(1, int(round(seconds * 1e9)))
     t = (start_ns // step) * step
     stamp = datetime.fromtimestamp(t // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if step % 1_000_000_000:  # sub-second cadence: a fixed number of decimals, so slots sort as text
         stamp += f".{t % 1_000_000_000:09d}"[: 1 + max(3, len(f"{step:09d}".rstrip("0")) - (len(str(step)) - 9))]
-    return {"start": stamp + "Z", "seconds": seconds}
+    return stamp + "Z"
+
+
+def release_document(
+    release_id: str,
+    pseudonym: str,
+    stream: str,
+    feature_set: str,
+    start_ns: int,
+    hop_s: float,
+    values: dict[str, float],
+    noise: dict[str, dict[str, Any]],
+    design: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a release (``value`` of :class:`ReleaseRecord`, before encoding)."""
+    doc: dict[str, Any] = {
+        "v": RELEASE_SCHEMA_VERSION,
+        "release_id": release_id,
+        "pseudonym": pseudonym,
+        "stream": stream,
+        "feature_set": feature_set,
+        "slot": slot(start_ns, hop_s),
+        "values": values,
+        "noise": noise,
+    }
+    if design is not None:
+        doc["design"] = design
+    return doc
 
 
 def release_record(
@@ -66,18 +99,8 @@ def release_record(
     scheduling design, published with it)."""
     values = release.values.to_dict()
     assert release.plan is not None
-    doc: dict[str, Any] = {
-        "v": RELEASE_SCHEMA_VERSION,
-        "release_id": release.release_id,
-        "pseudonym": pseudonym,
-        "stream": request.stream,
-        "feature_set": request.feature_set,
-        "slot": slot(request.start_ns, request.hop_s),
-        "values": values,
-        "noise": release.plan.describe(values),
-    }
-    if design is not None:
-        doc["design"] = design
+    doc = release_document(release.release_id, pseudonym, request.stream, request.feature_set, request.start_ns,
+                           request.hop_s, values, release.plan.describe(values), design)
     assert all(math.isfinite(v) for v in values.values())
     return ReleaseRecord(
         key=pseudonym.encode(),

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "privacy": ("privacy_bench.py", "privatizing a 320-feature release; error of each mechanism vs epsilon"),
     "pacing": ("replay_pacing.py", "replay pacing error at --speed 1 on the live broker"),
     "study": ("study_utility.py", "default study on a real-recording cohort: population vs budget division, error per feature"),
+    "utility": ("utility.py", "privacy-utility grid (daily epsilon x cohort size) on a real-recording cohort, planner vs measured, membership/linkage attacks (--quick)"),
     "latency": ("latency/run.py", "end-to-end p99 and capacity of one worker vs passthrough, hand-written and Quix Streams (--short: ~3 min)"),
 }
 

@@ -72,4 +72,8 @@ def run(args: argparse.Namespace) -> int:
               f"{r['half_width_day']:>11.4g}")
         if "devices_needed" in r:
             print(f"  -> +-{r['target_half_width']:g} per day needs {r['devices_needed']:,} devices")
+    loose = [r["feature"] for r in rows if r["share_sd_day"] > 0.1]
+    if loose:
+        print(f"note: the share of devices with a value is known to worse than +-0.1 (sd) per day for {', '.join(loose)}: "
+              "their day half-widths are optimistic (docs/analysis.md)")
     return 0

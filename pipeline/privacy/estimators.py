@@ -237,20 +237,53 @@ class BitStats:
         return (y - q) / (p - q), y * (1.0 - y) / (max(self.n - 1, 1) * (p - q) ** 2)
 
 
-def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, confidence: float = 0.95) -> Estimate:
+def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, confidence: float = 0.95,
+                 bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """Mean over the devices with a value: ``(v - (1 - p) c) / p`` with its delta-method variance
-    (``bits`` None: the plain mean of the released values)."""
+    (``bits`` None: the plain mean of the released values, with a symmetric normal interval).
+
+    With presence bits the interval is Fieller's for the ratio ``(v - c) / p`` (numerator and
+    denominator estimated from independent noise), intersected with ``bounds`` (the feature's
+    public bounds: the mean of values within them lies within them) and closed to its hull. The
+    symmetric delta-method interval is conservative when the share ``p`` is estimated from a few
+    hundred bits at a small epsilon (its standard error then scales with ``1 / p^2``: 98 % coverage
+    at 400 devices, ``tests/validation/test_study_coverage.py``); Fieller's keeps the nominal level.
+
+    Raises
+    ------
+    PrivacyError
+        If the share is not positive, or the interval is unbounded (the share is not significantly
+        above zero) and ``bounds`` are infinite.
+    """
     v, var_v = values.mean_and_variance()
+    z = _z(confidence)
     if bits is None:
-        mu, var = v, var_v
-    else:
-        share, var_p = bits.share_and_variance()
-        if share <= 0.0:
-            raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")
-        mu = (v - (1.0 - share) * fallback) / share
-        var = var_v / share**2 + (v - fallback) ** 2 * var_p / share**4
-    half = _z(confidence) * math.sqrt(var)
-    return Estimate(mu, var, mu - half, mu + half, values.n, confidence)
+        half = z * math.sqrt(var_v)
+        return Estimate(v, var_v, v - half, v + half, values.n, confidence)
+    share, var_p = bits.share_and_variance()
+    if share <= 0.0:
+        raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")
+    mu = (v - (1.0 - share) * fallback) / share
+    var = var_v / share**2 + (v - fallback) ** 2 * var_p / share**4
+    low, high = _fieller(v - fallback, var_v, share, var_p, z, bounds[0] - fallback, bounds[1] - fallback)
+    return Estimate(mu, var, fallback + low, fallback + high, values.n, confidence)
+
+
+def _fieller(a: float, var_a: float, b: float, var_b: float, z: float, lo: float, hi: float) -> tuple[float, float]:
+    """Hull of Fieller's confidence set of ``a / b`` within ``[lo, hi]``: the ``t`` with
+    ``(a - t b)^2 <= z^2 (var_a + t^2 var_b)`` (Fieller 1954)."""
+    qa, qb, qc = b * b - z * z * var_b, -2.0 * a * b, a * a - z * z * var_a
+    if qa <= 0.0 and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise PrivacyError(f"the share of devices with a value ({b:.3g} +- {math.sqrt(var_b):.3g}) is not "
+                           "significantly positive: the interval is unbounded")
+    ends = [t for t in (lo, hi) if math.isfinite(t) and qa * t * t + qb * t + qc <= 0.0]
+    disc = qb * qb - 4.0 * qa * qc
+    if disc >= 0.0 and qa != 0.0:
+        r = math.sqrt(disc)
+        ends += [t for t in ((-qb - r) / (2.0 * qa), (-qb + r) / (2.0 * qa)) if lo <= t <= hi]
+    if not ends:
+        raise PrivacyError("the confidence set of the mean does not meet the bounds")
+    return min(ends), max(ends)
 
 
 def estimate_present_mean(
@@ -264,21 +297,22 @@ def estimate_present_mean(
     strategy a report may carry either or both). With ``v`` the mean of the released values and
     ``p`` the debiased presence frequency, ``E[v] = p mu + (1 - p) c`` (``c`` the fallback), so
     ``mu = (v - (1 - p) c) / p``: unbiased up to the ratio's second-order term, with a
-    delta-method interval. Ignoring the presence bit biases the mean toward ``c``.
+    delta-method standard error and Fieller's interval within the bounds (:func:`present_mean`).
+    Ignoring the presence bit biases the mean toward ``c``.
     """
     present = f"{feature}.present"
     values, bits = ValueStats(), None
-    fallback = math.nan
+    fallback, bounds = math.nan, (-math.inf, math.inf)
     for r in records:
         got = r.get("values", {})
         if feature in got:
             values.add(float(got[feature]))
             n = r["noise"][feature]
-            fallback = (n["lower"] + n["upper"]) / 2.0
+            fallback, bounds = (n["lower"] + n["upper"]) / 2.0, (float(n["lower"]), float(n["upper"]))
         if present in got:
             if bits is None:
                 bits = BitStats(float(r["noise"][present]["epsilon"]))
             bits.add(float(got[present]))
     if values.n == 0 or bits is None:
         raise PrivacyError(f"no reports of {feature!r} and {present!r} among the {len(records)} records")
-    return present_mean(values, bits, fallback, confidence=confidence)
+    return present_mean(values, bits, fallback, confidence=confidence, bounds=bounds)

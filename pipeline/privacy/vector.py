@@ -314,6 +314,56 @@ class ReleasePlan:
                 part[...] = res
         return out, sel
 
+    def apply_many(self, values: np.ndarray, streams: Sequence[NoiseStream]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Privatize many devices' vectors at once: row ``i`` of ``values`` (shape ``(n, d)``,
+        spec order) with ``streams[i]``, bit-identical to ``apply(values[i], streams[i])``.
+
+        Returns the released values, shape ``(n, d)`` in plan order, and the sampled indices,
+        shape ``(n, k)``, or None. The same operations as :meth:`apply` on a devices x features
+        matrix (parameters broadcast over the rows); for simulations of large cohorts
+        (:mod:`pipeline.evaluation`). Not for the Gaussian mechanism, whose rejection rounds read
+        each device's stream further.
+        """
+        n, d = len(streams), self.d
+        if values.shape != (n, d):
+            raise PrivacyError(f"{self.feature_set!r}: apply_many needs values of shape ({n}, {d}), got {values.shape}")
+        if any(impl.name == "gaussian" for impl, _, _ in self.groups):
+            raise PrivacyError(f"{self.feature_set!r}: apply_many does not support the gaussian mechanism")
+        x = np.array(values if self._perm is None else values[:, self._perm], dtype=np.float64)
+        np.maximum(x, self.lo, out=x)
+        np.minimum(x, self.hi, out=x)
+        np.copyto(x, np.broadcast_to(self.default, x.shape), where=np.isnan(x))
+        if self._sub_lo:
+            np.subtract(x, self.lo, out=x)
+        if self._mul_step:
+            np.multiply(x, self.inv_step, out=x)
+        if self._add_shift:
+            np.add(x, self.shift, out=x)
+        k = np.floor(x)
+        np.subtract(x, k, out=x)
+        buf = np.empty((n, self._rows * d), dtype="<u8")
+        for i, stream in enumerate(streams):
+            stream.fill(buf[i])
+        if not _LITTLE_ENDIAN:
+            buf = buf.astype(np.uint64)
+        sel = None
+        if self._sample_row is not None:
+            r = self._sample_row
+            sel = _smallest_rows(buf[:, r * d : (r + 1) * d], self.k)
+        buf = (buf >> np.uint64(12)) | np.uint64(0x3FF0000000000000)
+        flat = buf.view(np.float64)
+        np.subtract(flat, 1.0 - 2.0**-53, out=flat)
+        u = flat.reshape(n, self._rows, d).transpose(1, 0, 2)  # rows x devices x features
+        up = np.less(u[0], x)
+        np.add(k, up * self.rand, out=k)
+        out = np.empty((n, d))
+        for impl, sl, p in self.groups:
+            part = out[:, sl]
+            res = impl.apply(k[:, sl], u[:, :, sl], part, x[:, sl], up[:, sl], p, streams[0])
+            if res is not part:
+                part[...] = res
+        return out, sel
+
     def _gather(self, values: Mapping[str, float] | np.ndarray) -> np.ndarray:
         """A fresh float64 copy of ``values`` in plan order."""
         d = self.d
@@ -389,6 +439,18 @@ def _smallest(row: np.ndarray, k: int) -> np.ndarray:
         if np.count_nonzero(row == row[i]) == 1:
             return np.array([i])
     return np.sort(np.argpartition(row, k - 1)[:k])
+
+
+def _smallest_rows(rows: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_smallest` of every row of ``rows`` (shape ``(n, k)``), with ``k = 1`` vectorized."""
+    if k != 1 or rows.shape[1] <= 1:
+        return np.stack([_smallest(row, k) for row in rows]).reshape(rows.shape[0], -1)
+    idx = rows.argmin(axis=1)
+    tied = np.count_nonzero(rows == rows[np.arange(rows.shape[0]), idx][:, None], axis=1) > 1
+    out = idx[:, None]
+    for i in np.flatnonzero(tied):  # a tied minimum: argpartition decides, as in _smallest
+        out[i] = _smallest(rows[i], k)
+    return out
 
 
 #: The privatized values of a release (see :class:`pipeline.named.NamedValues`).

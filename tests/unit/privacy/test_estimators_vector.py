@@ -100,3 +100,37 @@ def test_laplace_variance_formula() -> None:
     assert float(mech.laplace_variance_steps(1.0, 64)) == pytest.approx(2 * q / (1 - q) ** 2)
     j = sample_outputs("laplace", 1.0, 0, 100_000, b"v")
     assert j.var() == pytest.approx(float(mech.laplace_variance_steps(1.0, 1024)), rel=0.03)
+
+
+def test_present_mean_interval_is_fieller_within_the_bounds() -> None:
+    """A share known exactly gives the symmetric interval; a noisy share an asymmetric one that
+    still contains the estimate; a share not significantly positive gives the bounds (or no
+    interval without bounds)."""
+    from pipeline.errors import PrivacyError
+    from pipeline.privacy.estimators import BitStats, ValueStats, present_mean
+
+    values = ValueStats()
+    for v in (60.0, 80.0, 70.0, 90.0):
+        values.add(v)
+    exact = BitStats(50.0)  # randomized response at epsilon 50: the bits are the truth
+    for _ in range(100):
+        exact.add(1.0)
+    e = present_mean(values, exact, 110.0, bounds=(40.0, 180.0))
+    half = 1.959963984540054 * math.sqrt(e.variance)
+    assert e.ci_low == pytest.approx(e.value - half) and e.ci_high == pytest.approx(e.value + half)
+
+    noisy = BitStats(0.5)
+    for i in range(400):
+        noisy.add(float(i % 3 != 0))
+    e = present_mean(values, noisy, 110.0, bounds=(40.0, 180.0))
+    assert e.ci_low < e.value < e.ci_high and e.ci_high - e.value != pytest.approx(e.value - e.ci_low, rel=1e-3)
+
+    weak = BitStats(0.1)
+    for i in range(40):
+        weak.add(float(i % 2))
+    share, var = weak.share_and_variance()
+    assert 0 < share < 1.96 * math.sqrt(var)  # positive, not significantly
+    e = present_mean(values, weak, 110.0, bounds=(40.0, 180.0))
+    assert (e.ci_low, e.ci_high) == (40.0, 180.0)
+    with pytest.raises(PrivacyError, match="unbounded"):
+        present_mean(values, weak, 110.0)

@@ -15,7 +15,7 @@ from privacy_helpers import SPECS, fixed_keys, pinned, request
 
 from pipeline.errors import PrivacyError
 from pipeline.features.spec import FeatureSpec
-from pipeline.privacy import PrivacyConfig, PrivacyEngine, PrivateRelease, WEventRule
+from pipeline.privacy import PrivacyConfig, PrivacyEngine, PrivateRelease, ReleaseRequest, WEventRule
 from pipeline.privacy.accountant import Accountant
 from pipeline.privacy.noise import NoiseStream, discrete_gaussian, to_uniform
 from pipeline.privacy.vector import ReleasePlan, _smallest
@@ -239,3 +239,63 @@ def test_largest_uniform_times_an_integer_stays_below_it() -> None:
     rng = np.random.default_rng(0)
     c = np.concatenate([np.arange(1.0, 1 << 16), rng.integers(1, 2**40, 100_000).astype(float), 2.0 ** np.arange(60)])
     assert np.all(np.floor((1.0 - 2.0**-53) * c) <= c - 1.0)
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CASES if c != "gaussian"))
+def test_apply_many_is_bit_identical_to_apply_row_by_row(case: str) -> None:
+    kw, specs = CASES[case]
+    plan = ReleasePlan("fs", specs, _config(kw))
+    rows = np.array([[_values(specs, w)[s.name] for s in specs] for w in range(30)])
+    keys = [hashlib.sha256(b"k%d" % w).digest() for w in range(30)]
+    out, sel = plan.apply_many(rows, [NoiseStream(k) for k in keys])
+    for w in range(30):
+        one, one_sel = plan.apply(rows[w], NoiseStream(keys[w]))
+        assert np.array_equal(out[w].view(np.uint64), one.view(np.uint64))
+        assert (sel is None and one_sel is None) or (sel is not None and np.array_equal(sel[w], one_sel))
+
+
+def test_apply_many_refuses_the_gaussian_mechanism_and_wrong_shapes() -> None:
+    kw, specs = CASES["gaussian"]
+    plan = ReleasePlan("fs", specs, _config(kw))
+    with pytest.raises(PrivacyError, match="gaussian"):
+        plan.apply_many(np.zeros((1, plan.d)), [NoiseStream(bytes(32))])
+    with pytest.raises(PrivacyError, match="shape"):
+        ReleasePlan("fs", SPECS, _config({})).apply_many(np.zeros((2, 1)), [NoiseStream(bytes(32))] * 2)
+
+
+def test_simulated_records_equal_the_engines_published_records_byte_for_byte() -> None:
+    """pipeline.evaluation derives each device's noise identity as the engine does for its first report."""
+    import json
+
+    from pipeline.evaluation import DAY0_NS, Simulator, report_values
+    from pipeline.releases import release_record
+    from pipeline.study import Study
+
+    study = Study.default()
+    keys = fixed_keys()
+    sim = Simulator(study, keys)
+    rng = np.random.default_rng(3)
+    for name in ("hr", "eeg"):
+        s = study.sets[name]
+        truth = rng.uniform(-0.2, 1.2, size=(25, len(s.features)))
+        truth = np.array([[f.spec.lower + t * f.spec.width for f, t in zip(s.features, row, strict=True)] for row in truth])
+        truth[rng.random(truth.shape) < 0.3] = np.nan
+        values = report_values(s, truth)
+        devices = [f"dev-{i}" for i in range(25)]
+        step = s.period_s * SEC
+        periods = (DAY0_NS // step + rng.integers(0, s.periods_per_day, size=25)).tolist()
+        lineages = [rng.bytes(16).hex() for _ in devices]
+        docs = sim.records(name, values, devices, periods, lineages)
+        engine = PrivacyEngine(study.privacy_config(), keys)
+        for i, dev in enumerate(devices):
+            engine.set_header(dev, {"lineage": lineages[i], "keys": {}})
+            req = ReleaseRequest(dev, name, name, periods[i], float(s.period_s), float(s.period_s), periods[i] * step,
+                                 (periods[i] + 1) * step, values[i], s.specs, b"sim", s.epsilon_per_report)
+            r = engine.privatize(req)
+            assert isinstance(r, PrivateRelease)
+
+            class _W:
+                last_send_ns = last_seq = 0
+
+            rec = release_record(r, req, r.device, _W(), 0, s.design())  # type: ignore[arg-type]
+            assert json.dumps(docs[i], separators=(",", ":"), allow_nan=False).encode() == rec.value

@@ -1,0 +1,209 @@
+"""Privacy-utility evaluation of the default study on a real-recording cohort, and attacks on it.
+
+Cohort: segments of the shared real recordings (``../shared/data``) as devices; a device's report
+value is the mean of a block of consecutive windows computed by the pipeline's own feature code
+(``connectors.cohort``). Each simulated day is privatized through the study's release plan under
+the engine's noise identities and aggregated from the published records alone
+(``pipeline.evaluation``, ``pipeline.aggregate``); the truth is the non-private mean of the same
+values. The default study is rescaled to each daily epsilon (every set keeps its share).
+
+* **utility**: daily epsilon 0.5, 1, 2, 4, 8 x cohorts of 100, 1,000, 10,000 devices; per feature
+  the RMSE of the day estimate over the runs, the coverage of the 95 % intervals, and the
+  planner's predicted half-width (``pipeline.plan``) beside the measured one (1.96 x RMSE).
+* **attacks** (``pipeline.attacks``): membership (cohort with the target vs with another device
+  in its place) and linkage (rank of the target's pseudonym) for an attacker holding the
+  target's true values, per daily epsilon, beside the epsilon-DP bounds, and the same attack on
+  the raw values (no privacy).
+
+Writes ``utility.json``, ``utility.md`` and PNG plots to ``--out`` (``benchmarks/results``).
+
+    python benchmarks/utility.py [--quick] [--out DIR] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_model, load_average  # noqa: E402
+from connectors.cohort import block_means, cohort, window_values  # noqa: E402
+from pipeline.attacks import attack_summary, attack_trials  # noqa: E402
+from pipeline.evaluation import Simulator, truth_mean  # noqa: E402
+from pipeline.plan import predict  # noqa: E402
+from pipeline.privacy import KeyRing  # noqa: E402
+from pipeline.study import DEFAULT_STUDY, Study, from_mapping  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: cohort size -> runs (full, --quick)
+RUNS = {100: (400, 100), 1000: (200, 20), 10_000: (60, 0)}
+ATTACK_DEVICES, ATTACK_TRIALS = 100, (300, 60)
+Z95 = 1.959963984540054
+
+
+def study_at(epsilon_per_day: float) -> Study:
+    """The default study with every set's daily epsilon scaled to a total of ``epsilon_per_day``."""
+    data = json.loads(json.dumps(DEFAULT_STUDY))
+    scale = epsilon_per_day / data["budget"]["epsilon_per_day"]
+    data["budget"]["epsilon_per_day"] = epsilon_per_day
+    data["budget"]["lifetime_epsilon"] = max(data["budget"]["lifetime_epsilon"], epsilon_per_day)
+    for s in data["sets"].values():
+        s["epsilon_per_day"] *= scale
+    return from_mapping(data, f"default study at {epsilon_per_day:g} epsilon per day")
+
+
+class Progress:
+    """A one-line progress bar on stderr (like ``biopriv replay``'s), for the long loops."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.done, self.label, self.t0 = max(total, 1), 0, label, time.time()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.done < self.total and time.time() - getattr(self, "_shown", 0.0) < 1.0:
+            return
+        self._shown = time.time()
+        frac = self.done / self.total
+        eta = (time.time() - self.t0) * (1 - frac) / max(frac, 1e-9)
+        bar = "#" * int(30 * frac)
+        print(f"\r{self.label} [{bar:<30}] {frac:6.1%} eta {eta:5.0f} s", end="", file=sys.stderr, flush=True)
+        if self.done >= self.total:
+            print(file=sys.stderr, flush=True)
+
+
+def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: int) -> list[dict[str, Any]]:
+    """One row per (feature, daily epsilon, cohort size): measured error and coverage, planner."""
+    rng = np.random.default_rng(seed)
+    keys = KeyRing({"n1": rng.bytes(32)}, {"p1": rng.bytes(32)}, "n1", "p1")
+    studies = {e: study_at(e) for e in EPSILONS}
+    sims = {e: Simulator(studies[e], keys) for e in EPSILONS}
+    base = studies[EPSILONS[0]]
+    names = [n for n in base.sets if sources[n]]
+    bar = Progress(sum(n * r for n, r in sizes.items()) * len(names), "utility")
+    rows = []
+    for name in names:
+        s = base.sets[name]
+        blocks = block_means(s, sources[name])
+        big = cohort(s, sources[name], 20_000, rng, periods=1, blocks=blocks)[:, 0]  # the population's mean
+        expected = dict(zip([f.name for f in s.features], truth_mean(big).tolist(), strict=True))
+        for n, runs in sizes.items():
+            err = {e: np.full((runs, len(s.features)), np.nan) for e in EPSILONS}
+            cov = {e: np.zeros(len(s.features)) for e in EPSILONS}
+            half = {e: np.full((runs, len(s.features)), np.nan) for e in EPSILONS}
+            for r in range(runs):
+                truth = cohort(s, sources[name], n, rng, periods=1, blocks=blocks)[:, 0]
+                target = truth_mean(truth)
+                for e in EPSILONS:  # the same cohort at every epsilon: paired comparisons
+                    est = sims[e].day_estimates(name, truth, rng)
+                    for i, f in enumerate(s.features):
+                        got = est.get(f.name)
+                        if got is None:
+                            continue
+                        err[e][r, i] = got["estimate"] - target[i]
+                        half[e][r, i] = (got["ci95"][1] - got["ci95"][0]) / 2
+                        cov[e][i] += got["ci95"][0] <= target[i] <= got["ci95"][1]
+                bar.step(n)
+            for e in EPSILONS:
+                plan = {p["feature"]: p for p in predict(studies[e], n, expected) if p["feature_set"] == name}
+                for i, f in enumerate(s.features):
+                    ok = np.isfinite(err[e][:, i])
+                    rmse = float(np.sqrt(np.mean(err[e][ok, i] ** 2))) if ok.any() else math.nan
+                    predicted = plan[f.name]["half_width_day"]
+                    measured = Z95 * rmse
+                    rows.append({
+                        "feature_set": name, "feature": f.name, "epsilon_per_day": e, "devices": n, "runs": runs,
+                        "estimated": int(ok.sum()), "epsilon_per_report": studies[e].sets[name].epsilon_per_report,
+                        "mechanism": plan[f.name]["mechanism"], "bounds": [f.spec.lower, f.spec.upper],
+                        "truth_mean": expected[f.name], "rmse": rmse, "bias": float(np.mean(err[e][ok, i])) if ok.any() else math.nan,
+                        "coverage": float(cov[e][i] / runs), "reported_half_width": float(np.nanmean(half[e][:, i])),
+                        "measured_half_width": measured, "planner_half_width": predicted,
+                        "ratio": predicted / measured if measured > 0 else math.nan,
+                        "share_sd": plan[f.name]["share_sd_day"],
+                    })
+    return rows
+
+
+def attacks(sources: dict[str, list[np.ndarray]], trials: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed + 1)
+    keys = KeyRing({"n1": rng.bytes(32)}, {"p1": rng.bytes(32)}, "n1", "p1")
+    base = study_at(EPSILONS[0])
+    names = [n for n in base.sets if sources[n]]
+    blocks = {n: block_means(base.sets[n], sources[n]) for n in names}
+
+    def draw(name: str, n: int) -> np.ndarray:
+        return cohort(base.sets[name], sources[name], n, rng, periods=1, blocks=blocks[name])[:, 0]
+
+    population: dict[str, np.ndarray] = {}
+    for n in names:
+        sample = draw(n, 400)
+        for i, f in enumerate(base.sets[n].features):
+            col = sample[:, i]
+            population[f.name] = np.where(np.isfinite(col), col, (f.spec.lower + f.spec.upper) / 2)
+            population[f"{f.name}.present"] = np.isfinite(col).astype(np.float64)
+    out: dict[str, Any] = {"devices": ATTACK_DEVICES, "sets": names, "by_epsilon": {}}
+    bar = Progress(trials * len(EPSILONS), "attacks")
+    for e in EPSILONS:
+        study = study_at(e)
+        sub = from_mapping({"budget": {"epsilon_per_day": e, "lifetime_epsilon": max(60.0, e)},
+                            "sets": {n: _set_mapping(study, n) for n in names}}, study.source)
+        res = attack_trials(sub, keys, draw, ATTACK_DEVICES, trials, population, rng, bar.step)
+        # what the target spends: the sets with data (temperature has no recording)
+        spent = sum(sub.sets[n].epsilon_per_day for n in names)
+        out["by_epsilon"][str(e)] = attack_summary(res, spent, ATTACK_DEVICES) | {"epsilon_spent": spent}
+        if "no_privacy" not in out:
+            out["no_privacy"] = attack_summary(res, math.inf, ATTACK_DEVICES, prefix="raw_")
+    return out
+
+
+def _set_mapping(study: Study, name: str) -> dict[str, Any]:
+    s = study.sets[name]
+    return {"features": [f.name for f in s.features], "period": s.period_s, "epsilon_per_day": s.epsilon_per_day,
+            "bounds": {f.name: [f.spec.lower, f.spec.upper] for f in s.features}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="cohorts of 100 and 1,000 devices, fewer runs and trials (~2 min)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--skip-attacks", action="store_true", help="the utility grid only")
+    args = ap.parse_args(argv)
+    if not DATA.exists():
+        print(f"utility: the shared recordings are not at {DATA}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    sources = window_values(Study.default(), DATA)
+    sizes = {n: r[1 if args.quick else 0] for n, r in RUNS.items() if r[1 if args.quick else 0]}
+    results: dict[str, Any] = {"seed": args.seed, "quick": args.quick, "epsilons": EPSILONS, "runs": sizes}
+    results["utility"] = utility(sources, sizes, args.seed)
+    if not args.skip_attacks:
+        results["attacks"] = attacks(sources, ATTACK_TRIALS[1 if args.quick else 0], args.seed)
+    results["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "loadavg_1_5_15": load_average()}
+    results["command"] = "biopriv bench utility " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    results["seconds"] = round(time.time() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "utility.json").write_text(json.dumps(results, indent=1))
+    from benchmarks.utility_report import plots, report_md
+
+    plots(results, args.out)
+    (args.out / "utility.md").write_text(report_md(results))
+    print(f"wrote {args.out / 'utility.md'} in {results['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
