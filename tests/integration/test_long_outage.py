@@ -21,13 +21,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fault_tolerance import REPO, Collector, run_scenario, wait_until
+from test_fault_tolerance import REPO, Collector, broker_env, run_scenario, wait_until
 from test_metrics import free_port, get, metric
 
 from connectors.kafka import Topics
@@ -40,11 +39,6 @@ OUTAGE_S = float(os.environ.get("BIOPRIV_OUTAGE_S", "300"))
 #: Length of the frozen-broker outage, s: past the worker's 2 s request timeout, short of the test
 #: producer's 30 s (its frames are delayed, never re-sent).
 FREEZE_S = 20.0
-
-
-def broker_env(bootstrap: str) -> dict[str, str]:
-    """Environment for ``local.sh`` acting on the session's broker (its port, this Python)."""
-    return {**os.environ, "BIOPRIV_PYTHON": sys.executable, "BIOPRIV_KAFKA_PORT": bootstrap.rsplit(":", 1)[1]}
 
 
 def broker_pid() -> int:
