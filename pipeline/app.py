@@ -48,9 +48,9 @@ offset of each raw partition it owns and the offsets consumed so far. Their devi
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
 at most :data:`CHECKPOINT_SLICE_S` (2 ms) at a time: encoding all 140 devices of the standard
 benchmark fleet at once held the loop 35-100 ms. A background task then waits until the output
-those ledgers charge is acknowledged, commits the consumed offsets, writes the device records to ``<prefix>state``, waits for their acknowledgements, then
-writes the resume offsets; processing goes on meanwhile (one
-checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
+those ledgers charge is acknowledged, commits the consumed offsets, writes the device records to
+``<prefix>state``, waits for their acknowledgements, then writes the resume offsets; processing
+goes on meanwhile (one checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
 before they are released. The first message of a newly assigned raw partition triggers its
 recovery: the partition's ledger records are loaded into the privacy engine, grid anchors are
 parked in the processor, and ``[resume, first offset)`` is re-fed to the processor with its output
@@ -63,9 +63,10 @@ tried and are not used (``docs/operations.md``, "exactly_once").
 
 Broker outages (:mod:`pipeline.outage`, ``docs/operations.md``, "Broker outages"): a batch's
 offsets count as consumed only once every record it produced is acknowledged (settled in the
-background while the next batches are processed, at most :data:`MAX_UNSETTLED_BATCHES`); failed sends are
-re-sent unchanged with backoff before anything further is consumed, recovery reads and offset
-commits are retried the same way, and readiness is false meanwhile: a broker outage never ends the loop.
+background while the next batches are processed, at most :data:`MAX_UNSETTLED_BATCHES`); failed
+sends are re-sent unchanged with backoff before anything further is consumed, recovery reads and
+offset commits are retried the same way, and readiness is false meanwhile: a broker outage never
+ends the loop.
 """
 
 from __future__ import annotations
@@ -272,6 +273,7 @@ class StreamWorker(Service):
         self.producer: Any = None
         self.consumer: Any = None
         self._send: Send[OutRecord] | None = None  # the producer's send (connectors.kafka.async_sender)
+        self._committing: asyncio.Future[None] | None = None  # an offset commit not answered yet
         #: Batches processed whose output is being acknowledged, oldest first, with the offsets
         #: they mark consumed once it is (:meth:`_reap`).
         self._unsettled: collections.deque[tuple[asyncio.Task[int], dict[TopicPartition, int]]] = collections.deque()
@@ -376,9 +378,9 @@ class StreamWorker(Service):
             return dict(await self.consumer.beginning_offsets(partitions))
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Process one fetched batch, send its output, and mark its offsets consumed once all of it
-        is acknowledged (:class:`~pipeline.outage.Delivery`: failed sends are retried with
-        backoff, the same records, before anything further is consumed)."""
+        """Process one fetched batch and send its output; queue its delivery, which marks the
+        batch's offsets consumed once all of it is acknowledged (:meth:`_reap`; failed sends are
+        retried with backoff, the same records, :class:`~pipeline.outage.Delivery`)."""
         processor, tracker = self.processor, self.tracker
         out = self._delivery()
         done: dict[TopicPartition, int] = {}
@@ -407,7 +409,9 @@ class StreamWorker(Service):
                     deadline = time.perf_counter() + YIELD_EVERY_S
             done[tp] = messages[-1].offset + 1
         # offsets count (are checkpointed, committed) only once the output is acknowledged
-        self._unsettled.append((asyncio.create_task(out.settle()), done))
+        settle = asyncio.create_task(out.settle())
+        settle.add_done_callback(_retrieved)  # a batch given up at a stop raises Stopping, looked at or not
+        self._unsettled.append((settle, done))
 
     def _reap(self) -> None:
         """Mark consumed the offsets of the oldest batches whose output is acknowledged, in order.
@@ -559,12 +563,21 @@ class StreamWorker(Service):
         """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout.
 
         aiokafka waits for the group coordinator without a limit: the timeout makes an outage
-        visible (readiness) even when the worker has nothing to send.
+        visible (readiness) even when the worker has nothing to send. The commit itself is not
+        cancelled (aiokafka shields its request): a retry waits for the same commit again.
         """
         timeout = self.settings.request_timeout_s or 15.0
+        task = self._committing
+        if task is None:
+            task = self._committing = asyncio.ensure_future(self.consumer.commit(offsets))
+            task.add_done_callback(_retrieved)
+        await asyncio.wait([task], timeout=timeout)
+        if not task.done():
+            raise BrokerUnavailable("commit to the group coordinator: no answer within the request timeout")
+        self._committing = None
         try:
             with async_errors("commit to the group coordinator"):
-                await asyncio.wait_for(self.consumer.commit(offsets), timeout)
+                task.result()
         except BrokerUnavailable:
             raise
         except BrokerError as exc:  # CommitFailedError: a rebalance is under way
@@ -759,6 +772,12 @@ class StreamWorker(Service):
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(),
         )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Done callback: the outcome of a future is looked at (asyncio logs unretrieved exceptions)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints

@@ -84,6 +84,7 @@ class Outage:
     since: float | None = None  # clock time the current outage began; None: no outage
     attempts: int = 0  # failed attempts in the current outage
     retries_total: int = 0  # failed attempts over the worker's life (each is followed by a retry)
+    resent_total: int = 0  # records sent again after their send failed
     outages_total: int = 0
     _seconds_done: float = 0.0  # duration of the outages that ended
 
@@ -95,8 +96,8 @@ class Outage:
         """Seconds spent in outages, the current one included."""
         return self._seconds_done + (self.clock() - self.since if self.since is not None else 0.0)
 
-    def failed(self, what: str, exc: BaseException) -> float:
-        """Note a failed attempt at ``what``; return the backoff before the next attempt, s."""
+    def failed(self, what: str, exc: BaseException, records: int = 0) -> float:
+        """Note a failed attempt at ``what`` (sending ``records``); return the backoff before the next attempt, s."""
         if self.since is None:
             self.since = self.clock()
             self.attempts = 0
@@ -106,6 +107,7 @@ class Outage:
         delay = self.backoff.delay(self.attempts, self.rng)
         self.attempts += 1
         self.retries_total += 1
+        self.resent_total += records
         return delay
 
     def recovered(self) -> None:
@@ -200,7 +202,8 @@ class Delivery(Generic[R]):
             self._sent, self._blocked = [], None
             if not failed:
                 break
-            delay = self.outage.failed(f"{len(failed)} record(s) not acknowledged", error or BrokerError("unknown"))
+            delay = self.outage.failed(f"{len(failed)} record(s) not acknowledged", error or BrokerError("unknown"),
+                                       records=len(failed))
             await wait_unless_stopping(delay, self.outage.clock, self._sleep, self._stopping)
             for record in failed:
                 self._sent.append((record, await self._enqueue(record)))

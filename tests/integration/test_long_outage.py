@@ -129,10 +129,11 @@ def test_frozen_broker_sends_fail_past_the_producer_timeout(kafka_bootstrap: str
         finally:
             os.kill(pid, signal.SIGCONT)
         logs.append(check_rode_out(workers[0], port, observed))
+        observed["resent"] = metric(get(port, "/metrics")[1].decode(), "biopriv_send_retries_total")
         return workers
 
     figures = run_scenario("broker frozen", kafka_bootstrap, topics, start_worker, tmp_path, injure,
                            extra=("--web-port", str(port), "--web-host", "127.0.0.1", "--request-timeout", "2"))
     assert figures["distinct"] == figures["expected"]
-    sends = [ln for ln in logs[0].splitlines() if "broker unavailable (" in ln]
-    print(f"[broker frozen] outage log lines: {sends}")
+    began = [ln for ln in logs[0].splitlines() if "broker unavailable (" in ln]
+    print(f"[broker frozen] outage log lines: {began}; records re-sent: {observed['resent']}")
