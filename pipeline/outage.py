@@ -230,7 +230,7 @@ async def retry(what: str, attempt: Callable[[], Awaitable[R]], outage: Outage, 
                 stopping: Callable[[], bool] = lambda: False) -> R:
     """Run ``attempt`` until it does not raise :class:`BrokerError`, with the outage's backoff between.
 
-    For idempotent reads (a state partition, raw frames to rebuild windows from). Raises
+    For idempotent operations (the reads of a recovery, an offset commit). Raises
     :class:`Stopping` when the worker stops first.
     """
     while True:
