@@ -23,7 +23,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -336,34 +336,28 @@ def async_errors(action: str) -> Iterator[None]:
         raise async_error(exc, action) from exc
 
 
-def async_sender(producer: Any) -> Callable[[OutRecord], Awaitable[Awaitable[None]]]:
-    """``send(record)``: enqueue ``record`` on the aiokafka ``producer`` and return its acknowledgement.
+def delivery_error(exc: BaseException) -> BrokerError | None:
+    """The failure of a record's acknowledgement as a :class:`~pipeline.errors.BrokerError`
+    (:func:`async_error`); None for an exception that is not the client's."""
+    from aiokafka.errors import KafkaError
 
-    Both raise :class:`~pipeline.errors.BrokerError` (:func:`async_error`): the enqueue when the
-    producer cannot take the record within its request timeout, the acknowledgement when the
-    broker did not confirm the write within it (the producer's own retries included).
+    return async_error(exc, "send") if isinstance(exc, KafkaError | TimeoutError) else None
+
+
+def async_sender(producer: Any) -> Callable[[OutRecord], Awaitable[Any]]:
+    """``send(record)``: enqueue ``record`` on the aiokafka ``producer``; return the future of its
+    acknowledgement (failed with an aiokafka error when the broker did not confirm the write within
+    the request timeout, the producer's own retries included; :func:`delivery_error` maps it).
+
+    Enqueueing raises :class:`~pipeline.errors.BrokerError` (:func:`async_error`) when the producer
+    cannot take the record within its request timeout.
     """
 
-    async def send(r: OutRecord) -> Awaitable[None]:
+    async def send(r: OutRecord) -> Any:
         with async_errors(f"send to {r.topic}"):
-            future = await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers), partition=r.partition)
-        return _Ack(future, r.topic)
+            return await producer.send(r.topic, r.value, key=r.key, headers=list(r.headers), partition=r.partition)
 
     return send
-
-
-class _Ack:
-    """The acknowledgement of one sent record, awaitable (maps its errors); nothing runs until awaited."""
-
-    def __init__(self, future: Awaitable[Any], topic: str) -> None:
-        self.future, self.topic = future, topic
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> None:
-        with async_errors(f"send to {self.topic}"):
-            await self.future
 
 
 class ClientLogMute(logging.Filter):

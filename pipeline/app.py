@@ -47,10 +47,10 @@ the loop begins a checkpoint between two batches: the devices whose ledger chang
 offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
 at most :data:`CHECKPOINT_SLICE_S` (2 ms) at a time: encoding all 140 devices of the standard
-benchmark fleet at once held the loop 35-100 ms. A background task then commits the consumed
-offsets, writes the device records to ``<prefix>state``, waits for their acknowledgements, then
-writes the resume offsets; processing goes on meanwhile (one
-checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
+benchmark fleet at once held the loop 35-100 ms. A background task then waits until the output
+those ledgers charge is acknowledged, commits the consumed offsets, writes the device records to
+``<prefix>state``, waits for their acknowledgements, then writes the resume offsets; processing
+goes on meanwhile (one checkpoint is written at a time, in order). On revocation the revoked partitions are checkpointed and committed
 before they are released. The first message of a newly assigned raw partition triggers its
 recovery: the partition's ledger records are loaded into the privacy engine, grid anchors are
 parked in the processor, and ``[resume, first offset)`` is re-fed to the processor with its output
@@ -62,14 +62,17 @@ two checkpoints is re-released bit-identically (same ``release_id`` and value by
 tried and are not used (``docs/operations.md``, "exactly_once").
 
 Broker outages (:mod:`pipeline.outage`, ``docs/operations.md``, "Broker outages"): a batch's
-offsets count as consumed only once every record it produced is acknowledged; failed sends are
-re-sent unchanged with backoff before anything further is consumed, recovery reads and offset
-commits are retried the same way, and readiness is false meanwhile: a broker outage never ends the loop.
+offsets count as consumed only once every record it produced is acknowledged (settled in the
+background while the next batches are processed, at most :data:`MAX_UNSETTLED_BATCHES`); failed
+sends are re-sent unchanged with backoff before anything further is consumed, recovery reads and
+offset commits are retried the same way, and readiness is false meanwhile: a broker outage never
+ends the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -94,6 +97,7 @@ from connectors.kafka import (
     async_errors,
     async_producer,
     async_sender,
+    delivery_error,
     mute_client_logs,
     read_partition,
 )
@@ -131,6 +135,10 @@ CHECKPOINT_SLICE_S = 0.002
 
 #: Longest wait of one fetch when no partition has data, ms (the loop's idle tick).
 POLL_TIMEOUT_MS = 100
+
+#: Most batches whose output is still being acknowledged while the loop goes on: the loop waits
+#: for the oldest beyond this (memory), and for all of them during a broker outage.
+MAX_UNSETTLED_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,9 @@ class _Checkpoint:
     resume: dict[tuple[str, int], int]
     commits: dict[TopicPartition, int]
     records: list[tuple[bytes, bytes, int]] = field(default_factory=list)
+    #: Deliveries of the batches processed before the records were encoded: the ledgers charge
+    #: their releases, so they are written only once those are acknowledged.
+    after: list[asyncio.Task[int]] = field(default_factory=list)
 
 
 class StreamWorker(Service):
@@ -295,6 +306,10 @@ class StreamWorker(Service):
         self.producer: Any = None
         self.consumer: Any = None
         self._send: Send[OutRecord] | None = None  # the producer's send (connectors.kafka.async_sender)
+        self._committing: asyncio.Future[None] | None = None  # an offset commit not answered yet
+        #: Batches processed whose output is being acknowledged, oldest first, with the offsets
+        #: they mark consumed once it is (:meth:`_reap`).
+        self._unsettled: collections.deque[tuple[asyncio.Task[int], dict[TopicPartition, int]]] = collections.deque()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -323,6 +338,10 @@ class StreamWorker(Service):
         except TimeoutError:
             log.warning("the processing loop did not stop within 30 s")
         try:
+            await self._settle_all()
+        except Stopping:
+            self.abandoned = True
+        try:
             if self.abandoned:
                 log.warning("no final checkpoint: a batch was given up unacknowledged; the next owner "
                             "re-reads it from the last committed offsets")
@@ -343,6 +362,13 @@ class StreamWorker(Service):
     async def _consume(self) -> None:
         try:
             while not self.should_stop:
+                try:
+                    self._reap()
+                    if self.outage.active or len(self._unsettled) >= MAX_UNSETTLED_BATCHES:
+                        await self._settle_all()  # nothing further is consumed until it is acknowledged
+                except Stopping:  # asked to stop during an outage: those batches are given up
+                    self.abandoned = True
+                    break
                 try:
                     batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
                 except ConsumerStoppedError:
@@ -375,7 +401,7 @@ class StreamWorker(Service):
 
     def _delivery(self) -> Delivery[OutRecord]:
         assert self._send is not None, "the worker is not started"
-        return Delivery(self._send, self.outage, stopping=self._stopping)
+        return Delivery(self._send, self.outage, error=delivery_error, stopping=self._stopping)
 
     async def _backoff(self, delay_s: float) -> None:
         await wait_unless_stopping(delay_s, self.outage.clock, asyncio.sleep, self._stopping)
@@ -385,9 +411,9 @@ class StreamWorker(Service):
             return dict(await self.consumer.beginning_offsets(partitions))
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Process one fetched batch, send its output, and mark its offsets consumed once all of it
-        is acknowledged (:class:`~pipeline.outage.Delivery`: failed sends are retried with
-        backoff, the same records, before anything further is consumed)."""
+        """Process one fetched batch and send its output; queue its delivery, which marks the
+        batch's offsets consumed once all of it is acknowledged (:meth:`_reap`; failed sends are
+        retried with backoff, the same records, :class:`~pipeline.outage.Delivery`)."""
         processor, tracker = self.processor, self.tracker
         out = self._delivery()
         done: dict[TopicPartition, int] = {}
@@ -415,8 +441,27 @@ class StreamWorker(Service):
                     await asyncio.sleep(0)  # let the producer send what is ready
                     deadline = time.perf_counter() + YIELD_EVERY_S
             done[tp] = messages[-1].offset + 1
-        await out.settle()  # offsets are committed only past acknowledged output
-        self.consumed.update(done)
+        # offsets count (are checkpointed, committed) only once the output is acknowledged
+        settle = asyncio.create_task(out.settle())
+        settle.add_done_callback(_retrieved)  # a batch given up at a stop raises Stopping, looked at or not
+        self._unsettled.append((settle, done))
+
+    def _reap(self) -> None:
+        """Mark consumed the offsets of the oldest batches whose output is acknowledged, in order.
+
+        Raises :class:`~pipeline.outage.Stopping` for a batch given up at a stop.
+        """
+        while self._unsettled and self._unsettled[0][0].done():
+            task, done = self._unsettled.popleft()
+            task.result()
+            self.consumed.update(done)
+
+    async def _settle_all(self) -> None:
+        """Wait until the output of every batch processed so far is acknowledged (retried through an
+        outage), and mark their offsets consumed."""
+        while self._unsettled:
+            await asyncio.wait([self._unsettled[0][0]])
+            self._reap()
 
     async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int, out: Delivery[OutRecord]) -> None:
         t, send = self.settings.topics, out.add
@@ -495,18 +540,21 @@ class StreamWorker(Service):
             self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
             self._pending = self._begin(None)
         if self._encode(self._pending, CHECKPOINT_SLICE_S):
-            self._writing = asyncio.create_task(self._write_logged(self._pending))
+            self._writing = self._start_write(self._pending)
             self._pending = None
 
     async def _write(self, cp: _Checkpoint) -> None:
         """Write one checkpoint: offsets, then ledgers, then resume offsets, each step acknowledged.
 
-        Every release charged in the device records is acknowledged already (a batch's offsets
-        and ledger changes count only once its output is, :meth:`_process`). Through an outage
-        the writes are retried with backoff (the same records), so they stay in order.
+        It first waits until every release charged in the device records is acknowledged (the
+        batches processed before they were encoded, ``cp.after``). Through an outage the writes
+        are retried with backoff (the same records), so they stay in order.
         """
         state_topic = self.settings.topics.state
         try:
+            for task in cp.after:  # raises Stopping for a batch given up
+                await asyncio.wait([task])
+                task.result()
             if cp.commits:
                 await retry("offset commit", functools.partial(self._commit, cp.commits), self.outage,
                             stopping=self._stopping)
@@ -533,16 +581,30 @@ class StreamWorker(Service):
         """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout.
 
         aiokafka waits for the group coordinator without a limit: the timeout makes an outage
-        visible (readiness) even when the worker has nothing to send.
+        visible (readiness) even when the worker has nothing to send. The commit itself is not
+        cancelled (aiokafka shields its request): a retry waits for the same commit again.
         """
         timeout = self.settings.request_timeout_s or 15.0
+        task = self._committing
+        if task is None:
+            task = self._committing = asyncio.ensure_future(self.consumer.commit(offsets))
+            task.add_done_callback(_retrieved)
+        await asyncio.wait([task], timeout=timeout)
+        if not task.done():
+            raise BrokerUnavailable("commit to the group coordinator: no answer within the request timeout")
+        self._committing = None
         try:
             with async_errors("commit to the group coordinator"):
-                await asyncio.wait_for(self.consumer.commit(offsets), timeout)
+                task.result()
         except BrokerUnavailable:
             raise
         except BrokerError as exc:  # CommitFailedError: a rebalance is under way
             log.warning("offset commit failed (%s); those messages will be redelivered", exc)
+
+    def _start_write(self, cp: _Checkpoint) -> asyncio.Task[None]:
+        """Write an encoded checkpoint in the background, after the output its ledgers charge."""
+        cp.after = [task for task, _done in self._unsettled]
+        return asyncio.create_task(self._write_logged(cp))
 
     async def _write_logged(self, cp: _Checkpoint) -> None:
         try:
@@ -554,10 +616,11 @@ class StreamWorker(Service):
 
     async def _checkpoint(self, partitions: set[int] | None) -> None:
         """Write a checkpoint now, after the ones in progress (caller holds the lock)."""
+        await self._settle_all()  # the batches processed so far count, their output acknowledged
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._encode(pending, None)
-            self._writing = asyncio.create_task(self._write_logged(pending))
+            self._writing = self._start_write(pending)
         if self._writing is not None:
             await asyncio.gather(self._writing, return_exceptions=True)
         cp = self._begin(partitions)
@@ -727,6 +790,12 @@ class StreamWorker(Service):
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(),
         )
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Done callback: the outcome of a future is looked at (asyncio logs unretrieved exceptions)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints

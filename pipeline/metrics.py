@@ -14,7 +14,8 @@ No label names a device or a pseudonym: streams, feature sets, reasons and raw p
 * ``biopriv_epsilon_spent_total`` (lifetime epsilon summed over the fleet the worker holds),
   ``biopriv_devices``;
 * ``biopriv_broker_retries_total`` (attempts, of sends, commits and reads, retried after a broker
-  failure), ``biopriv_broker_outages_total``, ``biopriv_broker_outage_seconds_total`` (the current
+  failure), ``biopriv_send_retries_total`` (records sent again after their send failed),
+  ``biopriv_broker_outages_total``, ``biopriv_broker_outage_seconds_total`` (the current
   outage included; ``docs/operations.md``, "Broker outages");
 * ``biopriv_ready`` (1 when partitions are assigned, no recovery is under way and the broker is not out).
 """
@@ -79,6 +80,8 @@ class _WorkerCollector(Collector):
         o = w.outage
         yield CounterMetricFamily("biopriv_broker_retries", "Attempts (sends, commits, reads) retried after a broker failure",
                                   value=o.retries_total)
+        yield CounterMetricFamily("biopriv_send_retries", "Records sent again after their send failed",
+                                  value=o.resent_total)
         yield CounterMetricFamily("biopriv_broker_outages", "Broker outages ridden out or under way", value=o.outages_total)
         yield CounterMetricFamily("biopriv_broker_outage_seconds", "Seconds spent in broker outages, the current one included",
                                   value=o.seconds_total())

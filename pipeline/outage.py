@@ -2,8 +2,9 @@
 
 Pure: no Kafka import. The worker (:mod:`pipeline.app`) hands every record of a batch to a
 :class:`Delivery` as soon as it is made; a send is a coroutine that enqueues one record and
-returns an awaitable of its acknowledgement, and raises :class:`~pipeline.errors.BrokerError`
-when it cannot (the mapping from client errors lives in :mod:`connectors.kafka`).
+returns the future of its acknowledgement, and raises :class:`~pipeline.errors.BrokerError` when
+it cannot (the mapping from client errors lives in :mod:`connectors.kafka`). A batch's delivery
+is settled in the background while the next batch is processed; its offsets count once it is.
 
 The rule (``docs/operations.md``, "Broker outages"): a batch's offsets are marked consumed, and
 so can be checkpointed and committed, only after :meth:`Delivery.settle` returned, that is once
@@ -22,7 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pipeline.errors import BrokerError
 
@@ -30,8 +31,13 @@ log = logging.getLogger("biopriv.worker")
 
 R = TypeVar("R")
 
-#: Enqueue one record; the result is awaited for its acknowledgement. Both raise BrokerError.
-Send = Callable[[R], Awaitable[Awaitable[object]]]
+#: Enqueue one record (raises BrokerError if it cannot) and return the future of its acknowledgement.
+Send = Callable[[R], Awaitable["asyncio.Future[Any]"]]
+
+
+def _own(exc: BaseException) -> BrokerError | None:
+    """Default error mapping of :class:`Delivery`: only the package's own broker errors are retried."""
+    return exc if isinstance(exc, BrokerError) else None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class Outage:
     since: float | None = None  # clock time the current outage began; None: no outage
     attempts: int = 0  # failed attempts in the current outage
     retries_total: int = 0  # failed attempts over the worker's life (each is followed by a retry)
+    resent_total: int = 0  # records sent again after their send failed
     outages_total: int = 0
     _seconds_done: float = 0.0  # duration of the outages that ended
 
@@ -89,8 +96,8 @@ class Outage:
         """Seconds spent in outages, the current one included."""
         return self._seconds_done + (self.clock() - self.since if self.since is not None else 0.0)
 
-    def failed(self, what: str, exc: BaseException) -> float:
-        """Note a failed attempt at ``what``; return the backoff before the next attempt, s."""
+    def failed(self, what: str, exc: BaseException, records: int = 0) -> float:
+        """Note a failed attempt at ``what`` (sending ``records``); return the backoff before the next attempt, s."""
         if self.since is None:
             self.since = self.clock()
             self.attempts = 0
@@ -100,6 +107,7 @@ class Outage:
         delay = self.backoff.delay(self.attempts, self.rng)
         self.attempts += 1
         self.retries_total += 1
+        self.resent_total += records
         return delay
 
     def recovered(self) -> None:
@@ -122,9 +130,13 @@ class Delivery(Generic[R]):
     Parameters
     ----------
     send
-        Enqueues one record, returns its acknowledgement (both raise :class:`BrokerError`).
+        Enqueues one record and returns the future of its acknowledgement; raises
+        :class:`BrokerError` when the record cannot even be enqueued.
     outage
         Shared outage state: backoff, log lines, totals.
+    error
+        Maps the exception of a failed acknowledgement to a :class:`BrokerError` (retried), or
+        to None for an exception that is no broker failure (raised: a bug is not an outage).
     sleep
         ``asyncio.sleep`` (a fake in tests).
     stopping
@@ -132,23 +144,25 @@ class Delivery(Generic[R]):
         instead of waiting for the broker.
     """
 
-    def __init__(self, send: Send[R], outage: Outage, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    def __init__(self, send: Send[R], outage: Outage, *, error: Callable[[BaseException], BrokerError | None] = _own,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  stopping: Callable[[], bool] = lambda: False) -> None:
         self._send = send
         self.outage = outage
+        self._error = error
         self._sleep = sleep
         self._stopping = stopping
-        self._sent: list[tuple[R, Awaitable[object] | None]] = []  # None: enqueueing failed
-        self._blocked: BaseException | None = None  # first enqueue failure of this round
+        self._sent: list[tuple[R, asyncio.Future[Any] | None]] = []  # None: enqueueing failed
+        self._blocked: BrokerError | None = None  # first enqueue failure of this round
 
     def __len__(self) -> int:
         return len(self._sent)
 
     async def add(self, record: R) -> None:
-        """Send ``record`` now (or, after an enqueue failed in this batch, at the retry)."""
+        """Send ``record`` now (or, after an enqueue failed in this round, at the retry)."""
         self._sent.append((record, await self._enqueue(record)))
 
-    async def _enqueue(self, record: R) -> Awaitable[object] | None:
+    async def _enqueue(self, record: R) -> asyncio.Future[Any] | None:
         if self._blocked is not None:  # the producer refuses records: don't wait its timeout per record
             return None
         try:
@@ -165,22 +179,31 @@ class Delivery(Generic[R]):
         """
         done = 0
         while self._sent:
+            pending = [f for _r, f in self._sent if f is not None]
+            if pending:
+                await asyncio.wait(pending)
             failed: list[R] = []
-            error = self._blocked
+            error: BrokerError | None = self._blocked
             for record, ack in self._sent:
                 if ack is None:
-                    failed.append(record)
-                    continue
-                try:
-                    await ack
+                    exc: BaseException | None = error
+                elif ack.cancelled():
+                    exc = BrokerError("the send was cancelled")
+                else:
+                    exc = ack.exception()
+                if exc is None:
                     done += 1
-                except BrokerError as exc:
-                    failed.append(record)
-                    error = exc
+                    continue
+                mapped = exc if isinstance(exc, BrokerError) else self._error(exc)
+                if mapped is None:
+                    raise exc
+                failed.append(record)
+                error = mapped
             self._sent, self._blocked = [], None
             if not failed:
                 break
-            delay = self.outage.failed(f"{len(failed)} record(s) not acknowledged", error or BrokerError("unknown"))
+            delay = self.outage.failed(f"{len(failed)} record(s) not acknowledged", error or BrokerError("unknown"),
+                                       records=len(failed))
             await wait_unless_stopping(delay, self.outage.clock, self._sleep, self._stopping)
             for record in failed:
                 self._sent.append((record, await self._enqueue(record)))
@@ -207,7 +230,7 @@ async def retry(what: str, attempt: Callable[[], Awaitable[R]], outage: Outage, 
                 stopping: Callable[[], bool] = lambda: False) -> R:
     """Run ``attempt`` until it does not raise :class:`BrokerError`, with the outage's backoff between.
 
-    For idempotent reads (a state partition, raw frames to rebuild windows from). Raises
+    For idempotent operations (the reads of a recovery, an offset commit). Raises
     :class:`Stopping` when the worker stops first.
     """
     while True:

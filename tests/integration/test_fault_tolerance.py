@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -194,6 +195,11 @@ def check_properties(label: str, records: list[Any], expected: dict[str, dict[st
     return figures
 
 
+def broker_env(bootstrap: str) -> dict[str, str]:
+    """Environment for ``deploy/kafka/local.sh`` acting on the session's broker (its port, this Python)."""
+    return {**os.environ, "BIOPRIV_PYTHON": sys.executable, "BIOPRIV_KAFKA_PORT": bootstrap.rsplit(":", 1)[1]}
+
+
 def kill9(worker: Any) -> None:
     os.kill(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait(timeout=10)
@@ -298,8 +304,9 @@ def test_broker_restart(kafka_bootstrap: str, topics: Topics, start_worker: Any,
         wait_until(pacer.paused.is_set, 30, "the producer to pause")
         collector.close()
         t0 = time.monotonic()
-        subprocess.run(["bash", str(script), "down"], check=True, timeout=120, capture_output=True)
-        subprocess.run(["bash", str(script), "up"], check=True, timeout=300, capture_output=True)
+        env = broker_env(kafka_bootstrap)
+        subprocess.run(["bash", str(script), "down"], check=True, timeout=120, capture_output=True, env=env)
+        subprocess.run(["bash", str(script), "up"], check=True, timeout=300, capture_output=True, env=env)
         print(f"\nbroker down and up again in {time.monotonic() - t0:.1f} s")
         collector.reopen()
         pacer.pause.clear()

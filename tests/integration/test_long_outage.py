@@ -7,8 +7,10 @@ undisturbed run; the durable ledger charging exactly the distinct releases):
 
 * the broker stopped (``deploy/kafka/local.sh down``, data kept) for ``BIOPRIV_OUTAGE_S`` seconds
   (default 300: the issue's five minutes), then started again (``up``);
-* the broker frozen (SIGSTOP) for 20 s while frames keep coming, with ``--request-timeout 2``: the
-  worker's sends and commits fail past the producer's timeout, then SIGCONT.
+* the broker frozen (SIGSTOP) for 20 s while frames keep coming, with ``--request-timeout 2``, just
+  after it answered a fetch of the (briefly paused) worker: the worker's sends of the releases of
+  those frames (asserted: records were re-sent) and its commits fail past the producer's timeout,
+  then SIGCONT.
 
 During the outage the worker process stays alive, ``/healthz`` answers 200 and ``/readyz`` turns
 503; it turns 200 again after. The worker logs one line when the outage begins and one when it
@@ -21,13 +23,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_fault_tolerance import REPO, Collector, run_scenario, wait_until
+from test_fault_tolerance import REPO, Collector, broker_env, run_scenario, wait_until
 from test_metrics import free_port, get, metric
 
 from connectors.kafka import Topics
@@ -40,11 +41,9 @@ OUTAGE_S = float(os.environ.get("BIOPRIV_OUTAGE_S", "300"))
 #: Length of the frozen-broker outage, s: past the worker's 2 s request timeout, short of the test
 #: producer's 30 s (its frames are delayed, never re-sent).
 FREEZE_S = 20.0
-
-
-def broker_env(bootstrap: str) -> dict[str, str]:
-    """Environment for ``local.sh`` acting on the session's broker (its port, this Python)."""
-    return {**os.environ, "BIOPRIV_PYTHON": sys.executable, "BIOPRIV_KAFKA_PORT": bootstrap.rsplit(":", 1)[1]}
+#: How long the worker is paused (SIGSTOP) before the freeze, s: shorter than its request timeout,
+#: or the fetch answered meanwhile counts as timed out when it resumes.
+BACKLOG_S = 1.0
 
 
 def broker_pid() -> int:
@@ -127,18 +126,31 @@ def test_frozen_broker_sends_fail_past_the_producer_timeout(kafka_bootstrap: str
     logs: list[str] = []
 
     def injure(workers: list[Any], collector: Collector, pacer: Any) -> list[Any]:
-        # frames keep coming: the worker has releases in flight when the broker freezes
-        pid = broker_pid()
-        os.kill(pid, signal.SIGSTOP)
+        # frames keep coming. The worker is paused for BACKLOG_S (within its 6 s session): the broker
+        # answers its pending fetch with frames meanwhile, which wait in the worker's socket. The
+        # broker freezes before the worker resumes: the worker processes those frames and its
+        # sends of their releases fail past its 2 s request timeout
+        pid, worker_pid = broker_pid(), workers[0].proc.pid
+        os.kill(worker_pid, signal.SIGSTOP)
+        try:
+            time.sleep(BACKLOG_S)
+            os.kill(pid, signal.SIGSTOP)
+        finally:
+            os.kill(worker_pid, signal.SIGCONT)
         try:
             observed.update(hold_outage(workers[0], port, FREEZE_S))
         finally:
             os.kill(pid, signal.SIGCONT)
         logs.append(check_rode_out(workers[0], port, observed))
+        observed["resent"] = metric(get(port, "/metrics")[1].decode(), "biopriv_send_retries_total")
         return workers
 
     figures = run_scenario("broker frozen", kafka_bootstrap, topics, start_worker, tmp_path, injure,
-                           extra=("--web-port", str(port), "--web-host", "127.0.0.1", "--request-timeout", "2"))
+                           # a fetch is answered after 500 ms (or at 1 MB): the answer that waits in the
+                           # paused worker's socket holds ~0.5 s of frames, which complete windows
+                           extra=("--web-port", str(port), "--web-host", "127.0.0.1", "--request-timeout", "2",
+                                  "--fetch-max-wait-ms", "500", "--fetch-min-bytes", "1000000"))
     assert figures["distinct"] == figures["expected"]
-    sends = [ln for ln in logs[0].splitlines() if "broker unavailable (" in ln]
-    print(f"[broker frozen] outage log lines: {sends}")
+    assert observed["resent"] > 0, "no send failed past the producer timeout: the test missed its point"
+    began = [ln for ln in logs[0].splitlines() if "broker unavailable (" in ln]
+    print(f"[broker frozen] outage log lines: {began}; records re-sent: {observed['resent']}")

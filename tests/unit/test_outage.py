@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable
 
 import pytest
 
@@ -39,18 +38,18 @@ class FakeBroker:
         self.acked: list[object] = []
         self.log: list[str] = []  # "ack <record>" and "commit" in order
 
-    async def send(self, record: object) -> Awaitable[object]:
+    async def send(self, record: object) -> asyncio.Future[None]:
         self.attempts.append(record)
         if self.refuse and self.clock.now < self.down_until:
             raise BrokerUnavailable("buffer full")
-        return self._ack(record, self.clock.now < self.down_until)
-
-    async def _ack(self, record: object, fails: bool) -> object:
-        if fails:
-            raise BrokerUnavailable("request timed out")
-        self.acked.append(record)
-        self.log.append(f"ack {record}")
-        return None
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.clock.now < self.down_until:
+            ack.set_exception(BrokerUnavailable("request timed out"))
+        else:
+            self.acked.append(record)
+            self.log.append(f"ack {record}")
+            ack.set_result(None)
+        return ack
 
 
 def make(down_s: float = 0.0, refuse: bool = False) -> tuple[FakeClock, FakeBroker, Outage]:

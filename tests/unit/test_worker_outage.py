@@ -10,7 +10,6 @@ import asyncio
 import json
 import random
 import warnings
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,16 +44,17 @@ class FlakyProducer:
         self.acked: list[OutRecord] = []
         self.seen_during_outage: list[tuple[bool, bool, int | None]] = []  # (active, ready, consumed)
 
-    async def send(self, r: OutRecord) -> Awaitable[None]:
+    async def send(self, r: OutRecord) -> asyncio.Future[None]:
         self.sent.append(r)
         w = self.worker
         self.seen_during_outage.append((w.outage.active, w.ready(), w.consumed.get(TP)))
-        return self._ack(r, fail=r.topic == w.settings.topics.private)
-
-    async def _ack(self, r: OutRecord, fail: bool) -> None:
-        if fail and self.worker.outage.retries_total < self.failing_retries:
-            raise BrokerUnavailable("send to biopriv.private.features: RequestTimedOutError")
-        self.acked.append(r)
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if r.topic == w.settings.topics.private and w.outage.retries_total < self.failing_retries:
+            ack.set_exception(BrokerUnavailable("send to biopriv.private.features: RequestTimedOutError"))
+        else:
+            self.acked.append(r)
+            ack.set_result(None)
+        return ack
 
 
 
@@ -70,6 +70,13 @@ def make_worker(tmp_path: Path) -> tuple[StreamWorker, list[Msg]]:
     return worker, msgs
 
 
+async def process_and_settle(worker: StreamWorker, msgs: list[Msg]) -> None:
+    """What the loop does with a batch: process it, then (here at once) wait until it is settled."""
+    await worker._process({TP: msgs})
+    assert TP not in worker.consumed  # settled in the background: not yet
+    await worker._settle_all()
+
+
 def test_a_batch_is_consumed_only_once_every_record_is_acknowledged(tmp_path: Path) -> None:
     worker, msgs = make_worker(tmp_path)
     producer = FlakyProducer(worker, failing_retries=4)
@@ -78,7 +85,7 @@ def test_a_batch_is_consumed_only_once_every_record_is_acknowledged(tmp_path: Pa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PrivacyWarning)
-        asyncio.run(worker._process({TP: msgs}))
+        asyncio.run(process_and_settle(worker, msgs))
 
     private = worker.settings.topics.private
     releases = [r for r in producer.acked if r.topic == private]
@@ -98,7 +105,8 @@ def test_a_batch_is_consumed_only_once_every_record_is_acknowledged(tmp_path: Pa
     assert all(not ready and consumed is None for _active, ready, consumed in retries)
     assert worker.consumed[TP] == msgs[-1].offset + 1
     assert worker.ready() and not worker.outage.active
-    assert worker.outage.outages_total == 1 and worker.outage.retries_total >= 3
+    assert worker.outage.outages_total == 1 and worker.outage.retries_total == 4
+    assert worker.outage.resent_total == 4 * len(ids)
 
 
 def test_a_stop_during_the_outage_gives_the_batch_up_unconsumed(tmp_path: Path) -> None:
@@ -109,7 +117,7 @@ def test_a_stop_during_the_outage_gives_the_batch_up_unconsumed(tmp_path: Path) 
     worker._send = producer.send
 
     async def stop_later() -> None:
-        task = asyncio.ensure_future(worker._process({TP: msgs}))
+        task = asyncio.ensure_future(process_and_settle(worker, msgs))
         while worker.outage.retries_total < 3:
             await asyncio.sleep(0.01)
         worker._stopped.set()  # mode's flag behind should_stop
