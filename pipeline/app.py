@@ -74,13 +74,12 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 
@@ -89,17 +88,11 @@ from connectors.kafka import (
     DEFAULT_PARTITIONS,
     OutRecord,
     Topics,
-    async_consumer,
-    async_error,
-    async_errors,
-    async_producer,
-    async_sender,
-    mute_client_logs,
-    read_partition,
 )
+from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
 from connectors.security import ClientSecurity
 from pipeline.errors import BrokerError, BrokerUnavailable, StateError
-from pipeline.outage import Delivery, Outage, Send, Stopping, retry, wait_unless_stopping
+from pipeline.outage import Delivery, Outage, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
     ResumeTracker,
@@ -247,24 +240,27 @@ class _Checkpoint:
     dirty: set[str]
     todo: list[str]
     resume: dict[tuple[str, int], int]
-    commits: dict[TopicPartition, int]
+    commits: dict[Partition, int]
     records: list[tuple[bytes, bytes, int]] = field(default_factory=list)
 
 
 class StreamWorker(Service):
     """Fetch -> process -> send loop over the raw topics, with durable-state checkpoints."""
 
-    def __init__(self, settings: WorkerSettings, processor: Processor, **kwargs: Any) -> None:
+    def __init__(self, settings: WorkerSettings, processor: Processor, port: KafkaPort | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.processor = processor
+        #: Kafka as the worker sees it (:mod:`connectors.port`); default: aiokafka clients built from the settings.
+        self.port: KafkaPort = port if port is not None else aiokafka_port(settings, lambda: self.outage.active)
         self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
         #: Held while a batch is processed, and by revocation and eviction, which change the state.
         self.lock = asyncio.Lock()
-        self.assigned: set[TopicPartition] = set()
+        self.assigned: set[Partition] = set()
         self.recovered: set[tuple[str, int]] = set()
         self.loaded: dict[int, dict[str, int]] = {}  # partition number -> resume offset per raw topic
-        self.consumed: dict[TopicPartition, int] = {}  # next offset to commit, per raw partition
+        self.consumed: dict[Partition, int] = {}  # next offset to commit, per raw partition
         self.checkpoints = 0
         self.rebuilt_frames = 0
         #: Seals device and header records (the key file's state key).
@@ -292,28 +288,14 @@ class StreamWorker(Service):
         #: A batch was given up unacknowledged (stop during an outage): its ledger charges must
         #: not be checkpointed, so the next owner re-releases those windows.
         self.abandoned = False
-        self.producer: Any = None
-        self.consumer: Any = None
-        self._send: Send[OutRecord] | None = None  # the producer's send (connectors.kafka.async_sender)
+        self._port_open = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        s = self.settings
-        timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
-        self.muted = mute_client_logs(lambda: self.outage.active)
-        self.producer = async_producer(s.bootstrap, security=s.security, **timeout)
-        await self.producer.start()
-        self._send = async_sender(self.producer)
-        self.consumer = async_consumer(
-            s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self), security=s.security,
-            max_partition_fetch_bytes=s.fetch_bytes_per_partition,
-            fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout,
-        )
-        await self.consumer.start()
-        self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        await self.port.start(self.assign, self.revoke)
+        self._port_open = True
+        self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.loop_running = True
 
     async def on_stop(self) -> None:
@@ -334,28 +316,23 @@ class StreamWorker(Service):
                         "from the last checkpoint")
         except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
             log.exception("final checkpoint failed")
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        if self._port_open:
+            await self.port.stop()
 
     @Service.task
     async def _consume(self) -> None:
         try:
             while not self.should_stop:
                 try:
-                    batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
-                except ConsumerStoppedError:
-                    break
-                except KafkaError as exc:
-                    error = async_error(exc, "fetch")
-                    if not isinstance(error, BrokerUnavailable):
-                        raise
+                    batches = await self.port.fetch(POLL_TIMEOUT_MS, self.settings.max_batch)
+                except BrokerUnavailable as error:
                     try:
                         await self._backoff(self.outage.failed("fetch", error))
                     except Stopping:
                         break
                     continue
+                if batches is None:  # the port was stopped
+                    break
                 if batches:
                     async with self.lock:
                         try:
@@ -374,58 +351,52 @@ class StreamWorker(Service):
         return bool(self.should_stop)
 
     def _delivery(self) -> Delivery[OutRecord]:
-        assert self._send is not None, "the worker is not started"
-        return Delivery(self._send, self.outage, stopping=self._stopping)
+        return Delivery(self.port.send, self.outage, stopping=self._stopping)
 
     async def _backoff(self, delay_s: float) -> None:
         await wait_unless_stopping(delay_s, self.outage.clock, asyncio.sleep, self._stopping)
 
-    async def _beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        with async_errors("read beginning offsets"):
-            return dict(await self.consumer.beginning_offsets(partitions))
-
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def _process(self, batches: dict[Partition, list[Message]]) -> None:
         """Process one fetched batch, send its output, and mark its offsets consumed once all of it
         is acknowledged (:class:`~pipeline.outage.Delivery`: failed sends are retried with
         backoff, the same records, before anything further is consumed)."""
         processor, tracker = self.processor, self.tracker
         out = self._delivery()
-        done: dict[TopicPartition, int] = {}
+        done: dict[Partition, int] = {}
         deadline = time.perf_counter() + YIELD_EVERY_S
-        for tp, messages in batches.items():
-            if tp not in self.assigned:  # revoked after the fetch: the next owner reads them
+        for key, messages in batches.items():
+            if key not in self.assigned:  # revoked after the fetch: the next owner reads them
                 continue
-            key = (tp.topic, tp.partition)
             if key not in self.recovered:
                 await self._recover(key, messages[0].offset)
             lost = key in self.lost
             for msg in messages:
                 value = msg.value if msg.value is not None else b""
                 if lost and msg.key is not None:
-                    await self._guard_if_lost(msg.key, tp, out)
+                    await self._guard_if_lost(msg.key, key, out)
                 try:
                     outcome = processor.process(value, msg.key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
-                    log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, msg.offset)
+                    log.exception("internal error on %s/%d/%d", msg.topic, msg.partition, msg.offset)
                     outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
                 tracker.observe(key, msg.offset, outcome.frame)
                 if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
-                    await self._publish(outcome, tp, msg.offset, out)
+                    await self._publish(outcome, key, msg.offset, out)
                 if time.perf_counter() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
                     deadline = time.perf_counter() + YIELD_EVERY_S
-            done[tp] = messages[-1].offset + 1
+            done[key] = messages[-1].offset + 1
         await out.settle()  # offsets are committed only past acknowledged output
         self.consumed.update(done)
 
-    async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int, out: Delivery[OutRecord]) -> None:
+    async def _publish(self, outcome: Outcome, tp: Partition, offset: int, out: Delivery[OutRecord]) -> None:
         t, send = self.settings.topics, out.add
         if outcome.headers:  # durable before any release that depends on them is published
-            await self._write_headers(outcome.headers, tp.partition)
+            await self._write_headers(outcome.headers, tp[1])
         observe = self.metrics.observe_release
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
-        source = f"{tp.topic}/{tp.partition}/{offset}"
+        source = f"{tp[0]}/{tp[1]}/{offset}"
         for topic, key, value, headers in outgoing(outcome, t, source, self.settings.latency_headers):
             await send(OutRecord(topic, value, key=key, headers=tuple(headers)))
 
@@ -438,7 +409,7 @@ class StreamWorker(Service):
             await out.add(OutRecord(self.settings.topics.state, value, key=key, partition=partition))
         await out.settle()
 
-    async def _guard_if_lost(self, key: bytes, tp: TopicPartition, out: Delivery[OutRecord]) -> None:
+    async def _guard_if_lost(self, key: bytes, tp: Partition, out: Delivery[OutRecord]) -> None:
         """First message of a device on a partition whose state was lost: without a ledger of its
         own (from another partition's state), its first windows may repeat what was published under
         the lost lineage, so they are suppressed (``ledger_missing``) for ``ledger_loss_guard_s``."""
@@ -451,9 +422,9 @@ class StreamWorker(Service):
         margin_s = self.settings.ledger_loss_guard_s
         self.processor.engine.guard_from_first(device, int(margin_s * 1e9))
         pseudonym = self.processor.pseudonym(device)
-        event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
+        event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp[0]}/{tp[1]}", "guard_s": margin_s}
         log.warning("state of %s/%d was lost: device %s gets a %.0f s ledger_missing guard",
-                    tp.topic, tp.partition, pseudonym, margin_s)
+                    tp[0], tp[1], pseudonym, margin_s)
         await out.add(OutRecord(self.settings.topics.events, json.dumps(event).encode(), key=pseudonym.encode()))
 
     # -- durable state ------------------------------------------------------------------------
@@ -468,7 +439,7 @@ class StreamWorker(Service):
             processor.dirty_devices |= keep
             dirty -= keep
         owned = [tp for tp in self.recovered if partitions is None or tp[1] in partitions]
-        commits = {tp: o for tp, o in self.consumed.items() if partitions is None or tp.partition in partitions}
+        commits = {tp: o for tp, o in self.consumed.items() if partitions is None or tp[1] in partitions}
         return _Checkpoint(dirty=dirty, todo=sorted(dirty), resume=tracker.resume_offsets(owned), commits=commits)
 
     def _encode(self, cp: _Checkpoint, budget_s: float | None) -> bool:
@@ -529,16 +500,10 @@ class StreamWorker(Service):
         self.checkpoints += 1
         self.last_checkpoint = time.monotonic()
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout.
-
-        aiokafka waits for the group coordinator without a limit: the timeout makes an outage
-        visible (readiness) even when the worker has nothing to send.
-        """
-        timeout = self.settings.request_timeout_s or 15.0
+    async def _commit(self, offsets: dict[Partition, int]) -> None:
+        """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout."""
         try:
-            with async_errors("commit to the group coordinator"):
-                await asyncio.wait_for(self.consumer.commit(offsets), timeout)
+            await self.port.commit(offsets, self.settings.request_timeout_s or 15.0)
         except BrokerUnavailable:
             raise
         except BrokerError as exc:  # CommitFailedError: a rebalance is under way
@@ -564,10 +529,16 @@ class StreamWorker(Service):
         self._encode(cp, None)
         await self._write(cp)
 
-    async def revoke(self, revoked: set[TopicPartition]) -> None:
+    async def assign(self, assigned: set[Partition]) -> None:
+        """Partitions assigned (after a rebalance): each is recovered when its first batch comes."""
+        self.assigned = set(assigned)
+        self.meta_written = set()
+        log.info("assigned %d partitions: %s", len(assigned), sorted(f"{t}/{p}" for t, p in assigned))
+
+    async def revoke(self, revoked: set[Partition]) -> None:
         """Checkpoint and commit revoked raw partitions, then forget their devices."""
         self.assigned -= revoked
-        parts = {tp.partition for tp in revoked if tp.topic in self.settings.topics.raw_all}
+        parts = {p for t, p in revoked if t in self.settings.topics.raw_all}
         if not parts:
             return
         async with self.lock:
@@ -592,7 +563,7 @@ class StreamWorker(Service):
             self._swap_ledger({}, devices)
         self.tracker.forget(partitions)
         self.recovered = {tp for tp in self.recovered if tp[1] not in partitions}
-        self.consumed = {tp: o for tp, o in self.consumed.items() if tp.partition not in partitions}
+        self.consumed = {tp: o for tp, o in self.consumed.items() if tp[1] not in partitions}
         for p in partitions:
             self.loaded.pop(p, None)
             self.verified.discard(p)
@@ -604,15 +575,14 @@ class StreamWorker(Service):
 
     async def _load_state(self, partition: int) -> None:
         """Load a state partition: refuse another layout or key file, install ledgers and headers."""
-        loop = asyncio.get_running_loop()
-        read = functools.partial(read_partition, security=self.settings.security)
-        records = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, partition)
+        state = self.settings.topics.state
+        records = await self.port.read_partition(state, partition)
         ps = load_partition(((k, v) for k, v, _o in records), self.cipher)
         if not self.layout:  # first takeover: the layout every state partition was written under
-            counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.settings.topics.raw_all}
+            counts = {t: self.port.partition_count(t) for t in self.settings.topics.raw_all}
             layout = {t: n for t, n in counts.items() if n}
             if partition != 0:  # a partition added by repartitioning has no state: partition 0 always does
-                first = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, 0)
+                first = await self.port.read_partition(state, 0)
                 check_layout(load_partition(((k, v) for k, v, _o in first if k == b"m:layout")).layout, layout)
             self.layout = layout  # only once checked: a read failing above is retried from the start
             self.verified.add(0)
@@ -643,8 +613,6 @@ class StreamWorker(Service):
             self.recovering -= 1
 
     async def _recover_partition(self, tp: tuple[str, int], first_offset: int) -> None:
-        loop = asyncio.get_running_loop()
-        read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
         t0 = time.monotonic()
         stopping = self._stopping
@@ -656,10 +624,9 @@ class StreamWorker(Service):
                 log.error("cannot take over %s/%d: %s", topic, partition, exc)
                 raise
         if topic not in self.loaded[partition]:
-            raw = TopicPartition(topic, partition)
             beginning = (await retry(f"read the beginning of {topic}/{partition}",
-                                     functools.partial(self._beginning_offsets, [raw]), self.outage,
-                                     stopping=stopping))[raw]
+                                     functools.partial(self.port.beginning_offsets, [tp]), self.outage,
+                                     stopping=stopping))[tp]
             if first_offset > beginning:  # the group consumed it before, and its state is gone
                 self.lost.add(tp)
                 log.warning("%s/%d was consumed up to offset %d but the state topic holds no resume offset for "
@@ -667,8 +634,7 @@ class StreamWorker(Service):
         start = self.loaded[partition].get(topic, 0)
         if start < first_offset:
             frames = await retry(f"read {topic}/{partition} to rebuild windows",
-                                 functools.partial(loop.run_in_executor, None, read, self.settings.bootstrap, topic,
-                                                   partition, start, first_offset),
+                                 functools.partial(self.port.read_partition, topic, partition, start, first_offset),
                                  self.outage, stopping=stopping)
             before = (self.processor.stats.releases, self.processor.stats.replayed)
             headers: set[str] = set()
@@ -701,12 +667,12 @@ class StreamWorker(Service):
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned raw partition: high watermark minus the next offset to consume."""
         out: dict[tuple[str, int], int] = {}
-        if self.consumer is None:
+        if not self._port_open:
             return out
         for tp in self.assigned:
-            high, done = self.consumer.highwater(tp), self.consumed.get(tp)
+            high, done = self.port.highwater(tp), self.consumed.get(tp)
             if high is not None and done is not None:  # known once the partition was fetched from
-                out[(tp.topic, tp.partition)] = max(0, int(high) - done)
+                out[tp] = max(0, high - done)
         return out
 
     # -- periodic -----------------------------------------------------------------------------
@@ -727,19 +693,6 @@ class StreamWorker(Service):
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(),
         )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
-    def __init__(self, worker: StreamWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.worker.revoke(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.worker.assigned = set(assigned)
-        self.worker.meta_written = set()
-        log.info("assigned %d partitions: %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
 class _ShellOnly(BootStrategy):
@@ -763,6 +716,17 @@ class _App(faust.App):
     def on_init_dependencies(self) -> Any:
         deps = list(super().on_init_dependencies())
         return deps + [self.stream_worker] if self.stream_worker is not None else deps
+
+
+def aiokafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> AiokafkaPort:
+    """The production port: aiokafka clients with the settings' fetch, session and request timeouts."""
+    s = settings
+    timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
+    consumer = dict(max_partition_fetch_bytes=s.fetch_bytes_per_partition, fetch_min_bytes=s.fetch_min_bytes,
+                    fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=int(s.session_timeout_s * 1000),
+                    heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout)
+    return AiokafkaPort(s.bootstrap, s.group, s.topics.raw_all, security=s.security, consumer_options=consumer,
+                        producer_options=timeout, quiet=quiet)
 
 
 def create_app(settings: WorkerSettings, processor: Processor) -> tuple[faust.App, StreamWorker]:

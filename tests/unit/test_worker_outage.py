@@ -73,7 +73,7 @@ def make_worker(tmp_path: Path) -> tuple[StreamWorker, list[Msg]]:
 def test_a_batch_is_consumed_only_once_every_record_is_acknowledged(tmp_path: Path) -> None:
     worker, msgs = make_worker(tmp_path)
     producer = FlakyProducer(worker, failing_retries=4)
-    worker._send = producer.send
+    worker.port.send = producer.send  # type: ignore[method-assign]
     assert worker.ready()
 
     with warnings.catch_warnings():
@@ -106,7 +106,7 @@ def test_a_stop_during_the_outage_gives_the_batch_up_unconsumed(tmp_path: Path) 
 
     worker, msgs = make_worker(tmp_path)
     producer = FlakyProducer(worker, failing_retries=10**9)
-    worker._send = producer.send
+    worker.port.send = producer.send  # type: ignore[method-assign]
 
     async def stop_later() -> None:
         task = asyncio.ensure_future(worker._process({TP: msgs}))
