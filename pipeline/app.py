@@ -19,7 +19,9 @@ per-event path (its consumer thread handing each message across threads, the con
 of the worker's main thread against 25 % for the processing core, and one worker sustained 390
 frames/s. The Faust app still hosts the worker (process lifecycle, signals, logging, timers), but
 consuming and producing are one aiokafka fetch -> process -> send loop (:mod:`connectors.kafka`
-builds both clients), the shape of the passthrough floor the benchmark compares against.
+builds both clients), the shape of the passthrough floor the benchmark compares against. The worker
+sees Kafka only through its port (:class:`connectors.port.KafkaPort`: :class:`~connectors.port.AiokafkaPort`
+in production, :class:`connectors.memory.MemoryPort` in the worker-loop unit tests).
 
 Latency settings, and why:
 
@@ -42,7 +44,8 @@ most ``max_batch`` messages (``--max-batch``): a partition with a backlog delays
 most one batch, and a burst waits in Kafka, not in the worker's memory. Devices silent for
 ``device_idle_s`` have their windows evicted (:meth:`~pipeline.processor.Processor.evict_idle`).
 
-Durable state (:mod:`pipeline.state`, ``docs/operations.md``): every ``checkpoint_interval_s``
+Durable state (:mod:`pipeline.state`; what a checkpoint holds, its write order and a partition's
+recovery are :mod:`pipeline.durability`, ``docs/operations.md``): every ``checkpoint_interval_s``
 the loop begins a checkpoint between two batches: the devices whose ledger changed, the resume
 offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
@@ -91,6 +94,8 @@ from connectors.kafka import (
 )
 from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
 from connectors.security import ClientSecurity
+from pipeline import durability
+from pipeline.durability import Checkpoint
 from pipeline.errors import BrokerError, BrokerUnavailable, StateError
 from pipeline.outage import Delivery, Outage, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
@@ -99,14 +104,10 @@ from pipeline.state import (
     StateCipher,
     check_fingerprints,
     check_layout,
-    device_record,
     header_record,
     keys_record,
     layout_record,
     load_partition,
-    merge_ledger,
-    resume_record,
-    split_ledger,
 )
 
 log = logging.getLogger("biopriv.worker")
@@ -228,22 +229,6 @@ def build_processor(settings: WorkerSettings) -> Processor:
     return Processor(PrivacyEngine(study.privacy_config(base), keys), keys.pseudonym, study=study)
 
 
-@dataclass
-class _Checkpoint:
-    """One checkpoint: begun between two batches, device records encoded a slice at a time.
-
-    ``resume`` and ``commits`` are taken when it begins; each device's ledger slice when its
-    record is encoded, later. A ledger slice at least as recent as the resume offsets is what a
-    rebuild needs (the windows it does not re-feed are in the ledger); a more recent one is fine.
-    """
-
-    dirty: set[str]
-    todo: list[str]
-    resume: dict[tuple[str, int], int]
-    commits: dict[Partition, int]
-    records: list[tuple[bytes, bytes, int]] = field(default_factory=list)
-
-
 class StreamWorker(Service):
     """Fetch -> process -> send loop over the raw topics, with durable-state checkpoints."""
 
@@ -280,7 +265,7 @@ class StreamWorker(Service):
         self.meta_written: set[int] = set()  # state partitions given layout and key records
         self.verified: set[int] = set()  # state partitions whose layout and key records were checked
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
-        self._pending: _Checkpoint | None = None  # the checkpoint being encoded
+        self._pending: Checkpoint | None = None  # the checkpoint being encoded
         self._next_checkpoint = 0.0
         self._loop_done = asyncio.Event()
         #: Broker outage state: backoff, readiness, one log line at each end, retry totals.
@@ -429,34 +414,11 @@ class StreamWorker(Service):
 
     # -- durable state ------------------------------------------------------------------------
 
-    def _begin(self, partitions: set[int] | None) -> _Checkpoint:
-        """Start a checkpoint of ``partitions`` (all owned if None): dirty devices, offsets."""
-        processor, tracker = self.processor, self.tracker
-        dirty = processor.dirty_devices
-        processor.dirty_devices = set()
-        if partitions is not None:
-            keep = {d for d in dirty if tracker.partition_of(d) not in partitions}
-            processor.dirty_devices |= keep
-            dirty -= keep
-        owned = [tp for tp in self.recovered if partitions is None or tp[1] in partitions]
-        commits = {tp: o for tp, o in self.consumed.items() if partitions is None or tp[1] in partitions}
-        return _Checkpoint(dirty=dirty, todo=sorted(dirty), resume=tracker.resume_offsets(owned), commits=commits)
+    def _begin(self, partitions: set[int] | None) -> Checkpoint:
+        return durability.begin(self.processor, self.tracker, self.recovered, self.consumed, partitions)
 
-    def _encode(self, cp: _Checkpoint, budget_s: float | None) -> bool:
-        """Encode device records for at most ``budget_s`` (all if None); True when none are left."""
-        processor, tracker = self.processor, self.tracker
-        deadline = None if budget_s is None else time.perf_counter() + budget_s
-        while cp.todo:
-            device = cp.todo.pop()
-            p = tracker.partition_of(device)
-            ledger = split_ledger(processor.engine.ledger_state((device,)), (device,)).get(device)
-            windows = processor.anchors(device)
-            if p is not None and (ledger is not None or windows):
-                key, value = device_record(device, ledger, windows or None, self.cipher)
-                cp.records.append((key, value, p))
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-        return not cp.todo
+    def _encode(self, cp: Checkpoint, budget_s: float | None) -> bool:
+        return durability.encode(cp, self.processor, self.tracker, self.cipher, budget_s)
 
     def _checkpoint_step(self) -> None:
         """Between batches: begin a due checkpoint, encode a slice of it, or hand it to the writer."""
@@ -469,8 +431,9 @@ class StreamWorker(Service):
             self._writing = asyncio.create_task(self._write_logged(self._pending))
             self._pending = None
 
-    async def _write(self, cp: _Checkpoint) -> None:
-        """Write one checkpoint: offsets, then ledgers, then resume offsets, each step acknowledged.
+    async def _write(self, cp: Checkpoint) -> None:
+        """Write one checkpoint in :mod:`pipeline.durability`'s order: offsets, then ledgers, then
+        resume offsets, each step acknowledged.
 
         Every release charged in the device records is acknowledged already (a batch's offsets
         and ledger changes count only once its output is, :meth:`_process`). Through an outage
@@ -485,14 +448,11 @@ class StreamWorker(Service):
             for key, value, partition in cp.records:
                 await out.add(OutRecord(state_topic, value, key=key, partition=partition))
             await out.settle()  # ledger records before the resume offsets that rely on them
-            # once per partition and assignment, only where this worker checked the layout before
-            for partition in sorted(self.verified - self.meta_written):
-                for key, value in self._meta_records():
-                    await out.add(OutRecord(state_topic, value, key=key, partition=partition))
-                self.meta_written.add(partition)
-            for (topic, partition), offset in cp.resume.items():
-                key, value = resume_record(topic, partition, offset)
+            # layout and keys once per partition and assignment, only where this worker checked them before
+            meta = self.verified - self.meta_written
+            for key, value, partition in durability.final_records(cp, self._meta_records(), meta):
                 await out.add(OutRecord(state_topic, value, key=key, partition=partition))
+            self.meta_written |= meta
             await out.settle()
         except BaseException:
             self.processor.dirty_devices |= cp.dirty
@@ -509,7 +469,7 @@ class StreamWorker(Service):
         except BrokerError as exc:  # CommitFailedError: a rebalance is under way
             log.warning("offset commit failed (%s); those messages will be redelivered", exc)
 
-    async def _write_logged(self, cp: _Checkpoint) -> None:
+    async def _write_logged(self, cp: Checkpoint) -> None:
         try:
             await self._write(cp)
         except Stopping:
@@ -551,17 +511,9 @@ class StreamWorker(Service):
                 log.exception("checkpoint on revocation failed")
             self._drop(parts)
 
-    def _swap_ledger(self, slices: dict[str, Any], drop: set[str]) -> None:
-        engine = self.processor.engine
-        self.processor.engine = engine.with_ledger(merge_ledger(engine.ledger_state(), slices, drop=drop))
-
     def _drop(self, partitions: set[int]) -> None:
         """Forget windows, ledger and offsets of devices on revoked partition numbers."""
-        devices = self.tracker.devices_on(partitions)
-        self.processor.forget_devices(devices)
-        if devices:
-            self._swap_ledger({}, devices)
-        self.tracker.forget(partitions)
+        devices = durability.drop(self.processor, self.tracker, partitions)
         self.recovered = {tp for tp in self.recovered if tp[1] not in partitions}
         self.consumed = {tp: o for tp, o in self.consumed.items() if tp[1] not in partitions}
         for p in partitions:
@@ -589,13 +541,7 @@ class StreamWorker(Service):
         check_layout(ps.layout, self.layout)
         check_fingerprints(ps.fingerprints, self.processor.engine.keys.fingerprints())
         self.verified.add(partition)
-        self.processor.forget_devices(set(ps.devices) | set(ps.windows))
-        for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
-            self.processor.park(device, anchors)
-        self._swap_ledger(ps.devices, set(ps.devices))
-        for device, header in ps.headers.items():  # written ahead: at least as new as the ledger's copy
-            self.processor.engine.set_header(device, header)
-        self.with_state |= set(ps.devices) | set(ps.headers)
+        self.with_state |= durability.install(self.processor, ps)
         self.loaded[partition] = ps.resume
         log.info("loaded state partition %d: %d records, %d device ledgers, %d headers, resume offsets %s",
                  partition, ps.records, len(ps.devices), len(ps.headers), ps.resume)
@@ -636,22 +582,13 @@ class StreamWorker(Service):
             frames = await retry(f"read {topic}/{partition} to rebuild windows",
                                  functools.partial(self.port.read_partition, topic, partition, start, first_offset),
                                  self.outage, stopping=stopping)
-            before = (self.processor.stats.releases, self.processor.stats.replayed)
-            headers: set[str] = set()
-            for key, value, offset in frames:
-                try:
-                    outcome = self.processor.process(value or b"", key)
-                except Exception:  # noqa: BLE001 - it was dead-lettered when first seen
-                    outcome = Outcome()
-                headers |= outcome.headers
-                self.tracker.observe(tp, offset, outcome.frame)
-            if headers:  # windows rebuilt here are not published, later ones may be
-                await self._write_headers(headers, partition)
-            recharged = self.processor.stats.releases - before[0]
-            replayed = self.processor.stats.replayed - before[1]
-            self.rebuilt_frames += len(frames)
+            done = durability.rebuild(self.processor, self.tracker, tp, frames)
+            if done.headers:  # windows rebuilt here are not published, later ones may be
+                await self._write_headers(done.headers, partition)
+            self.rebuilt_frames += done.frames
             log.info("rebuilt %s/%d from offset %d to %d: %d messages, %d windows recharged, %d replayed, %.2f s",
-                     topic, partition, start, first_offset, len(frames), recharged, replayed, time.monotonic() - t0)
+                     topic, partition, start, first_offset, done.frames, done.recharged, done.replayed,
+                     time.monotonic() - t0)
         self.recovered.add(tp)
 
     # -- health -------------------------------------------------------------------------------
