@@ -19,7 +19,9 @@ per-event path (its consumer thread handing each message across threads, the con
 of the worker's main thread against 25 % for the processing core, and one worker sustained 390
 frames/s. The Faust app still hosts the worker (process lifecycle, signals, logging, timers), but
 consuming and producing are one aiokafka fetch -> process -> send loop (:mod:`connectors.kafka`
-builds both clients), the shape of the passthrough floor the benchmark compares against.
+builds both clients), the shape of the passthrough floor the benchmark compares against. The worker
+sees Kafka only through its port (:class:`connectors.port.KafkaPort`: :class:`~connectors.port.AiokafkaPort`
+in production, :class:`connectors.memory.MemoryPort` in the worker-loop unit tests).
 
 Latency settings, and why:
 
@@ -42,7 +44,8 @@ most ``max_batch`` messages (``--max-batch``): a partition with a backlog delays
 most one batch, and a burst waits in Kafka, not in the worker's memory. Devices silent for
 ``device_idle_s`` have their windows evicted (:meth:`~pipeline.processor.Processor.evict_idle`).
 
-Durable state (:mod:`pipeline.state`, ``docs/operations.md``): every ``checkpoint_interval_s``
+Durable state (:mod:`pipeline.state`; what a checkpoint holds, its write order and a partition's
+recovery are :mod:`pipeline.durability`, ``docs/operations.md``): every ``checkpoint_interval_s``
 the loop begins a checkpoint between two batches: the devices whose ledger changed, the resume
 offset of each raw partition it owns and the offsets consumed so far. Their device records (ledger
 slice, window-grid anchors of restarted streams) are then encoded between the following batches,
@@ -77,13 +80,12 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 
@@ -92,32 +94,23 @@ from connectors.kafka import (
     DEFAULT_PARTITIONS,
     OutRecord,
     Topics,
-    async_consumer,
-    async_error,
-    async_errors,
-    async_producer,
-    async_sender,
-    delivery_error,
-    mute_client_logs,
-    read_partition,
 )
+from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
 from connectors.security import ClientSecurity
+from pipeline import durability
+from pipeline.durability import Checkpoint
 from pipeline.errors import BrokerError, BrokerUnavailable, StateError
-from pipeline.outage import Delivery, Outage, Send, Stopping, retry, wait_unless_stopping
+from pipeline.outage import Delivery, Outage, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
     ResumeTracker,
     StateCipher,
     check_fingerprints,
     check_layout,
-    device_record,
     header_record,
     keys_record,
     layout_record,
     load_partition,
-    merge_ledger,
-    resume_record,
-    split_ledger,
 )
 
 log = logging.getLogger("biopriv.worker")
@@ -243,39 +236,23 @@ def build_processor(settings: WorkerSettings) -> Processor:
     return Processor(PrivacyEngine(study.privacy_config(base), keys), keys.pseudonym, study=study)
 
 
-@dataclass
-class _Checkpoint:
-    """One checkpoint: begun between two batches, device records encoded a slice at a time.
-
-    ``resume`` and ``commits`` are taken when it begins; each device's ledger slice when its
-    record is encoded, later. A ledger slice at least as recent as the resume offsets is what a
-    rebuild needs (the windows it does not re-feed are in the ledger); a more recent one is fine.
-    """
-
-    dirty: set[str]
-    todo: list[str]
-    resume: dict[tuple[str, int], int]
-    commits: dict[TopicPartition, int]
-    records: list[tuple[bytes, bytes, int]] = field(default_factory=list)
-    #: Deliveries of the batches processed before the records were encoded: the ledgers charge
-    #: their releases, so they are written only once those are acknowledged.
-    after: list[asyncio.Task[int]] = field(default_factory=list)
-
-
 class StreamWorker(Service):
     """Fetch -> process -> send loop over the raw topics, with durable-state checkpoints."""
 
-    def __init__(self, settings: WorkerSettings, processor: Processor, **kwargs: Any) -> None:
+    def __init__(self, settings: WorkerSettings, processor: Processor, port: KafkaPort | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.processor = processor
+        #: Kafka as the worker sees it (:mod:`connectors.port`); default: aiokafka clients built from the settings.
+        self.port: KafkaPort = port if port is not None else aiokafka_port(settings, lambda: self.outage.active)
         self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
         #: Held while a batch is processed, and by revocation and eviction, which change the state.
         self.lock = asyncio.Lock()
-        self.assigned: set[TopicPartition] = set()
+        self.assigned: set[Partition] = set()
         self.recovered: set[tuple[str, int]] = set()
         self.loaded: dict[int, dict[str, int]] = {}  # partition number -> resume offset per raw topic
-        self.consumed: dict[TopicPartition, int] = {}  # next offset to commit, per raw partition
+        self.consumed: dict[Partition, int] = {}  # next offset to commit, per raw partition
         self.checkpoints = 0
         self.rebuilt_frames = 0
         #: Seals device and header records (the key file's state key).
@@ -295,7 +272,7 @@ class StreamWorker(Service):
         self.meta_written: set[int] = set()  # state partitions given layout and key records
         self.verified: set[int] = set()  # state partitions whose layout and key records were checked
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
-        self._pending: _Checkpoint | None = None  # the checkpoint being encoded
+        self._pending: Checkpoint | None = None  # the checkpoint being encoded
         self._next_checkpoint = 0.0
         self._loop_done = asyncio.Event()
         #: Broker outage state: backoff, readiness, one log line at each end, retry totals.
@@ -303,32 +280,17 @@ class StreamWorker(Service):
         #: A batch was given up unacknowledged (stop during an outage): its ledger charges must
         #: not be checkpointed, so the next owner re-releases those windows.
         self.abandoned = False
-        self.producer: Any = None
-        self.consumer: Any = None
-        self._send: Send[OutRecord] | None = None  # the producer's send (connectors.kafka.async_sender)
-        self._committing: asyncio.Future[None] | None = None  # an offset commit not answered yet
+        self._port_open = False
         #: Batches processed whose output is being acknowledged, oldest first, with the offsets
         #: they mark consumed once it is (:meth:`_reap`).
-        self._unsettled: collections.deque[tuple[asyncio.Task[int], dict[TopicPartition, int]]] = collections.deque()
+        self._unsettled: collections.deque[tuple[asyncio.Task[int], dict[Partition, int]]] = collections.deque()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        s = self.settings
-        timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
-        self.muted = mute_client_logs(lambda: self.outage.active)
-        self.producer = async_producer(s.bootstrap, security=s.security, **timeout)
-        await self.producer.start()
-        self._send = async_sender(self.producer)
-        self.consumer = async_consumer(
-            s.topics.raw_all, s.bootstrap, group_id=s.group, listener=_Rebalance(self), security=s.security,
-            max_partition_fetch_bytes=s.fetch_bytes_per_partition,
-            fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout,
-        )
-        await self.consumer.start()
-        self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        await self.port.start(self.assign, self.revoke)
+        self._port_open = True
+        self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.loop_running = True
 
     async def on_stop(self) -> None:
@@ -353,10 +315,8 @@ class StreamWorker(Service):
                         "from the last checkpoint")
         except Exception:  # noqa: BLE001 - the next owner rebuilds from the last checkpoint
             log.exception("final checkpoint failed")
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        if self._port_open:
+            await self.port.stop()
 
     @Service.task
     async def _consume(self) -> None:
@@ -370,18 +330,15 @@ class StreamWorker(Service):
                     self.abandoned = True
                     break
                 try:
-                    batches = await self.consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.max_batch)
-                except ConsumerStoppedError:
-                    break
-                except KafkaError as exc:
-                    error = async_error(exc, "fetch")
-                    if not isinstance(error, BrokerUnavailable):
-                        raise
+                    batches = await self.port.fetch(POLL_TIMEOUT_MS, self.settings.max_batch)
+                except BrokerUnavailable as error:
                     try:
                         await self._backoff(self.outage.failed("fetch", error))
                     except Stopping:
                         break
                     continue
+                if batches is None:  # the port was stopped
+                    break
                 if batches:
                     async with self.lock:
                         try:
@@ -400,47 +357,41 @@ class StreamWorker(Service):
         return bool(self.should_stop)
 
     def _delivery(self) -> Delivery[OutRecord]:
-        assert self._send is not None, "the worker is not started"
-        return Delivery(self._send, self.outage, error=delivery_error, stopping=self._stopping)
+        return Delivery(self.port.send, self.outage, error=self.port.delivery_error, stopping=self._stopping)
 
     async def _backoff(self, delay_s: float) -> None:
         await wait_unless_stopping(delay_s, self.outage.clock, asyncio.sleep, self._stopping)
 
-    async def _beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        with async_errors("read beginning offsets"):
-            return dict(await self.consumer.beginning_offsets(partitions))
-
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def _process(self, batches: dict[Partition, list[Message]]) -> None:
         """Process one fetched batch and send its output; queue its delivery, which marks the
         batch's offsets consumed once all of it is acknowledged (:meth:`_reap`; failed sends are
         retried with backoff, the same records, :class:`~pipeline.outage.Delivery`)."""
         processor, tracker = self.processor, self.tracker
         out = self._delivery()
-        done: dict[TopicPartition, int] = {}
+        done: dict[Partition, int] = {}
         deadline = time.perf_counter() + YIELD_EVERY_S
-        for tp, messages in batches.items():
-            if tp not in self.assigned:  # revoked after the fetch: the next owner reads them
+        for key, messages in batches.items():
+            if key not in self.assigned:  # revoked after the fetch: the next owner reads them
                 continue
-            key = (tp.topic, tp.partition)
             if key not in self.recovered:
                 await self._recover(key, messages[0].offset)
             lost = key in self.lost
             for msg in messages:
                 value = msg.value if msg.value is not None else b""
                 if lost and msg.key is not None:
-                    await self._guard_if_lost(msg.key, tp, out)
+                    await self._guard_if_lost(msg.key, key, out)
                 try:
                     outcome = processor.process(value, msg.key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
-                    log.exception("internal error on %s/%d/%d", tp.topic, tp.partition, msg.offset)
+                    log.exception("internal error on %s/%d/%d", msg.topic, msg.partition, msg.offset)
                     outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
                 tracker.observe(key, msg.offset, outcome.frame)
                 if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
-                    await self._publish(outcome, tp, msg.offset, out)
+                    await self._publish(outcome, key, msg.offset, out)
                 if time.perf_counter() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
                     deadline = time.perf_counter() + YIELD_EVERY_S
-            done[tp] = messages[-1].offset + 1
+            done[key] = messages[-1].offset + 1
         # offsets count (are checkpointed, committed) only once the output is acknowledged
         settle = asyncio.create_task(out.settle())
         settle.add_done_callback(_retrieved)  # a batch given up at a stop raises Stopping, looked at or not
@@ -463,14 +414,14 @@ class StreamWorker(Service):
             await asyncio.wait([self._unsettled[0][0]])
             self._reap()
 
-    async def _publish(self, outcome: Outcome, tp: TopicPartition, offset: int, out: Delivery[OutRecord]) -> None:
+    async def _publish(self, outcome: Outcome, tp: Partition, offset: int, out: Delivery[OutRecord]) -> None:
         t, send = self.settings.topics, out.add
         if outcome.headers:  # durable before any release that depends on them is published
-            await self._write_headers(outcome.headers, tp.partition)
+            await self._write_headers(outcome.headers, tp[1])
         observe = self.metrics.observe_release
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
-        source = f"{tp.topic}/{tp.partition}/{offset}"
+        source = f"{tp[0]}/{tp[1]}/{offset}"
         for topic, key, value, headers in outgoing(outcome, t, source, self.settings.latency_headers):
             await send(OutRecord(topic, value, key=key, headers=tuple(headers)))
 
@@ -483,7 +434,7 @@ class StreamWorker(Service):
             await out.add(OutRecord(self.settings.topics.state, value, key=key, partition=partition))
         await out.settle()
 
-    async def _guard_if_lost(self, key: bytes, tp: TopicPartition, out: Delivery[OutRecord]) -> None:
+    async def _guard_if_lost(self, key: bytes, tp: Partition, out: Delivery[OutRecord]) -> None:
         """First message of a device on a partition whose state was lost: without a ledger of its
         own (from another partition's state), its first windows may repeat what was published under
         the lost lineage, so they are suppressed (``ledger_missing``) for ``ledger_loss_guard_s``."""
@@ -496,41 +447,18 @@ class StreamWorker(Service):
         margin_s = self.settings.ledger_loss_guard_s
         self.processor.engine.guard_from_first(device, int(margin_s * 1e9))
         pseudonym = self.processor.pseudonym(device)
-        event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp.topic}/{tp.partition}", "guard_s": margin_s}
+        event = {"event": "ledger_missing", "pseudonym": pseudonym, "source": f"{tp[0]}/{tp[1]}", "guard_s": margin_s}
         log.warning("state of %s/%d was lost: device %s gets a %.0f s ledger_missing guard",
-                    tp.topic, tp.partition, pseudonym, margin_s)
+                    tp[0], tp[1], pseudonym, margin_s)
         await out.add(OutRecord(self.settings.topics.events, json.dumps(event).encode(), key=pseudonym.encode()))
 
     # -- durable state ------------------------------------------------------------------------
 
-    def _begin(self, partitions: set[int] | None) -> _Checkpoint:
-        """Start a checkpoint of ``partitions`` (all owned if None): dirty devices, offsets."""
-        processor, tracker = self.processor, self.tracker
-        dirty = processor.dirty_devices
-        processor.dirty_devices = set()
-        if partitions is not None:
-            keep = {d for d in dirty if tracker.partition_of(d) not in partitions}
-            processor.dirty_devices |= keep
-            dirty -= keep
-        owned = [tp for tp in self.recovered if partitions is None or tp[1] in partitions]
-        commits = {tp: o for tp, o in self.consumed.items() if partitions is None or tp.partition in partitions}
-        return _Checkpoint(dirty=dirty, todo=sorted(dirty), resume=tracker.resume_offsets(owned), commits=commits)
+    def _begin(self, partitions: set[int] | None) -> Checkpoint:
+        return durability.begin(self.processor, self.tracker, self.recovered, self.consumed, partitions)
 
-    def _encode(self, cp: _Checkpoint, budget_s: float | None) -> bool:
-        """Encode device records for at most ``budget_s`` (all if None); True when none are left."""
-        processor, tracker = self.processor, self.tracker
-        deadline = None if budget_s is None else time.perf_counter() + budget_s
-        while cp.todo:
-            device = cp.todo.pop()
-            p = tracker.partition_of(device)
-            ledger = split_ledger(processor.engine.ledger_state((device,)), (device,)).get(device)
-            windows = processor.anchors(device)
-            if p is not None and (ledger is not None or windows):
-                key, value = device_record(device, ledger, windows or None, self.cipher)
-                cp.records.append((key, value, p))
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
-        return not cp.todo
+    def _encode(self, cp: Checkpoint, budget_s: float | None) -> bool:
+        return durability.encode(cp, self.processor, self.tracker, self.cipher, budget_s)
 
     def _checkpoint_step(self) -> None:
         """Between batches: begin a due checkpoint, encode a slice of it, or hand it to the writer."""
@@ -543,16 +471,17 @@ class StreamWorker(Service):
             self._writing = self._start_write(self._pending)
             self._pending = None
 
-    async def _write(self, cp: _Checkpoint) -> None:
-        """Write one checkpoint: offsets, then ledgers, then resume offsets, each step acknowledged.
+    async def _write(self, cp: Checkpoint, after: list[asyncio.Task[int]] | None = None) -> None:
+        """Write one checkpoint in :mod:`pipeline.durability`'s order: offsets, then ledgers, then
+        resume offsets, each step acknowledged.
 
         It first waits until every release charged in the device records is acknowledged (the
-        batches processed before they were encoded, ``cp.after``). Through an outage the writes
+        batches processed before they were encoded, ``after``). Through an outage the writes
         are retried with backoff (the same records), so they stay in order.
         """
         state_topic = self.settings.topics.state
         try:
-            for task in cp.after:  # raises Stopping for a batch given up
+            for task in after or ():  # raises Stopping for a batch given up
                 await asyncio.wait([task])
                 task.result()
             if cp.commits:
@@ -562,14 +491,11 @@ class StreamWorker(Service):
             for key, value, partition in cp.records:
                 await out.add(OutRecord(state_topic, value, key=key, partition=partition))
             await out.settle()  # ledger records before the resume offsets that rely on them
-            # once per partition and assignment, only where this worker checked the layout before
-            for partition in sorted(self.verified - self.meta_written):
-                for key, value in self._meta_records():
-                    await out.add(OutRecord(state_topic, value, key=key, partition=partition))
-                self.meta_written.add(partition)
-            for (topic, partition), offset in cp.resume.items():
-                key, value = resume_record(topic, partition, offset)
+            # layout and keys once per partition and assignment, only where this worker checked them before
+            meta = self.verified - self.meta_written
+            for key, value, partition in durability.final_records(cp, self._meta_records(), meta):
                 await out.add(OutRecord(state_topic, value, key=key, partition=partition))
+            self.meta_written |= meta
             await out.settle()
         except BaseException:
             self.processor.dirty_devices |= cp.dirty
@@ -577,38 +503,24 @@ class StreamWorker(Service):
         self.checkpoints += 1
         self.last_checkpoint = time.monotonic()
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout.
-
-        aiokafka waits for the group coordinator without a limit: the timeout makes an outage
-        visible (readiness) even when the worker has nothing to send. The commit itself is not
-        cancelled (aiokafka shields its request): a retry waits for the same commit again.
-        """
-        timeout = self.settings.request_timeout_s or 15.0
-        task = self._committing
-        if task is None:
-            task = self._committing = asyncio.ensure_future(self.consumer.commit(offsets))
-            task.add_done_callback(_retrieved)
-        await asyncio.wait([task], timeout=timeout)
-        if not task.done():
-            raise BrokerUnavailable("commit to the group coordinator: no answer within the request timeout")
-        self._committing = None
+    async def _commit(self, offsets: dict[Partition, int]) -> None:
+        """Commit consumed offsets; an outage is a :class:`BrokerUnavailable` after the request timeout."""
         try:
-            with async_errors("commit to the group coordinator"):
-                task.result()
+            await self.port.commit(offsets, self.settings.request_timeout_s or 15.0)
         except BrokerUnavailable:
             raise
         except BrokerError as exc:  # CommitFailedError: a rebalance is under way
             log.warning("offset commit failed (%s); those messages will be redelivered", exc)
 
-    def _start_write(self, cp: _Checkpoint) -> asyncio.Task[None]:
-        """Write an encoded checkpoint in the background, after the output its ledgers charge."""
-        cp.after = [task for task, _done in self._unsettled]
-        return asyncio.create_task(self._write_logged(cp))
+    def _start_write(self, cp: Checkpoint) -> asyncio.Task[None]:
+        """Write an encoded checkpoint in the background, after the output its ledgers charge (the
+        batches processed before its device records were encoded)."""
+        after = [task for task, _done in self._unsettled]
+        return asyncio.create_task(self._write_logged(cp, after))
 
-    async def _write_logged(self, cp: _Checkpoint) -> None:
+    async def _write_logged(self, cp: Checkpoint, after: list[asyncio.Task[int]]) -> None:
         try:
-            await self._write(cp)
+            await self._write(cp, after)
         except Stopping:
             pass
         except Exception:  # noqa: BLE001 - the devices stay dirty; the next checkpoint retries
@@ -627,10 +539,16 @@ class StreamWorker(Service):
         self._encode(cp, None)
         await self._write(cp)
 
-    async def revoke(self, revoked: set[TopicPartition]) -> None:
+    async def assign(self, assigned: set[Partition]) -> None:
+        """Partitions assigned (after a rebalance): each is recovered when its first batch comes."""
+        self.assigned = set(assigned)
+        self.meta_written = set()
+        log.info("assigned %d partitions: %s", len(assigned), sorted(f"{t}/{p}" for t, p in assigned))
+
+    async def revoke(self, revoked: set[Partition]) -> None:
         """Checkpoint and commit revoked raw partitions, then forget their devices."""
         self.assigned -= revoked
-        parts = {tp.partition for tp in revoked if tp.topic in self.settings.topics.raw_all}
+        parts = {p for t, p in revoked if t in self.settings.topics.raw_all}
         if not parts:
             return
         async with self.lock:
@@ -643,19 +561,11 @@ class StreamWorker(Service):
                 log.exception("checkpoint on revocation failed")
             self._drop(parts)
 
-    def _swap_ledger(self, slices: dict[str, Any], drop: set[str]) -> None:
-        engine = self.processor.engine
-        self.processor.engine = engine.with_ledger(merge_ledger(engine.ledger_state(), slices, drop=drop))
-
     def _drop(self, partitions: set[int]) -> None:
         """Forget windows, ledger and offsets of devices on revoked partition numbers."""
-        devices = self.tracker.devices_on(partitions)
-        self.processor.forget_devices(devices)
-        if devices:
-            self._swap_ledger({}, devices)
-        self.tracker.forget(partitions)
+        devices = durability.drop(self.processor, self.tracker, partitions)
         self.recovered = {tp for tp in self.recovered if tp[1] not in partitions}
-        self.consumed = {tp: o for tp, o in self.consumed.items() if tp.partition not in partitions}
+        self.consumed = {tp: o for tp, o in self.consumed.items() if tp[1] not in partitions}
         for p in partitions:
             self.loaded.pop(p, None)
             self.verified.discard(p)
@@ -667,28 +577,21 @@ class StreamWorker(Service):
 
     async def _load_state(self, partition: int) -> None:
         """Load a state partition: refuse another layout or key file, install ledgers and headers."""
-        loop = asyncio.get_running_loop()
-        read = functools.partial(read_partition, security=self.settings.security)
-        records = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, partition)
+        state = self.settings.topics.state
+        records = await self.port.read_partition(state, partition)
         ps = load_partition(((k, v) for k, v, _o in records), self.cipher)
         if not self.layout:  # first takeover: the layout every state partition was written under
-            counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.settings.topics.raw_all}
+            counts = {t: self.port.partition_count(t) for t in self.settings.topics.raw_all}
             layout = {t: n for t, n in counts.items() if n}
             if partition != 0:  # a partition added by repartitioning has no state: partition 0 always does
-                first = await loop.run_in_executor(None, read, self.settings.bootstrap, self.settings.topics.state, 0)
+                first = await self.port.read_partition(state, 0)
                 check_layout(load_partition(((k, v) for k, v, _o in first if k == b"m:layout")).layout, layout)
             self.layout = layout  # only once checked: a read failing above is retried from the start
             self.verified.add(0)
         check_layout(ps.layout, self.layout)
         check_fingerprints(ps.fingerprints, self.processor.engine.keys.fingerprints())
         self.verified.add(partition)
-        self.processor.forget_devices(set(ps.devices) | set(ps.windows))
-        for device, anchors in ps.windows.items():  # restarted streams' grids, before the rebuild
-            self.processor.park(device, anchors)
-        self._swap_ledger(ps.devices, set(ps.devices))
-        for device, header in ps.headers.items():  # written ahead: at least as new as the ledger's copy
-            self.processor.engine.set_header(device, header)
-        self.with_state |= set(ps.devices) | set(ps.headers)
+        self.with_state |= durability.install(self.processor, ps)
         self.loaded[partition] = ps.resume
         log.info("loaded state partition %d: %d records, %d device ledgers, %d headers, resume offsets %s",
                  partition, ps.records, len(ps.devices), len(ps.headers), ps.resume)
@@ -706,8 +609,6 @@ class StreamWorker(Service):
             self.recovering -= 1
 
     async def _recover_partition(self, tp: tuple[str, int], first_offset: int) -> None:
-        loop = asyncio.get_running_loop()
-        read = functools.partial(read_partition, security=self.settings.security)
         topic, partition = tp
         t0 = time.monotonic()
         stopping = self._stopping
@@ -719,10 +620,9 @@ class StreamWorker(Service):
                 log.error("cannot take over %s/%d: %s", topic, partition, exc)
                 raise
         if topic not in self.loaded[partition]:
-            raw = TopicPartition(topic, partition)
             beginning = (await retry(f"read the beginning of {topic}/{partition}",
-                                     functools.partial(self._beginning_offsets, [raw]), self.outage,
-                                     stopping=stopping))[raw]
+                                     functools.partial(self.port.beginning_offsets, [tp]), self.outage,
+                                     stopping=stopping))[tp]
             if first_offset > beginning:  # the group consumed it before, and its state is gone
                 self.lost.add(tp)
                 log.warning("%s/%d was consumed up to offset %d but the state topic holds no resume offset for "
@@ -730,25 +630,15 @@ class StreamWorker(Service):
         start = self.loaded[partition].get(topic, 0)
         if start < first_offset:
             frames = await retry(f"read {topic}/{partition} to rebuild windows",
-                                 functools.partial(loop.run_in_executor, None, read, self.settings.bootstrap, topic,
-                                                   partition, start, first_offset),
+                                 functools.partial(self.port.read_partition, topic, partition, start, first_offset),
                                  self.outage, stopping=stopping)
-            before = (self.processor.stats.releases, self.processor.stats.replayed)
-            headers: set[str] = set()
-            for key, value, offset in frames:
-                try:
-                    outcome = self.processor.process(value or b"", key)
-                except Exception:  # noqa: BLE001 - it was dead-lettered when first seen
-                    outcome = Outcome()
-                headers |= outcome.headers
-                self.tracker.observe(tp, offset, outcome.frame)
-            if headers:  # windows rebuilt here are not published, later ones may be
-                await self._write_headers(headers, partition)
-            recharged = self.processor.stats.releases - before[0]
-            replayed = self.processor.stats.replayed - before[1]
-            self.rebuilt_frames += len(frames)
+            done = durability.rebuild(self.processor, self.tracker, tp, frames)
+            if done.headers:  # windows rebuilt here are not published, later ones may be
+                await self._write_headers(done.headers, partition)
+            self.rebuilt_frames += done.frames
             log.info("rebuilt %s/%d from offset %d to %d: %d messages, %d windows recharged, %d replayed, %.2f s",
-                     topic, partition, start, first_offset, len(frames), recharged, replayed, time.monotonic() - t0)
+                     topic, partition, start, first_offset, done.frames, done.recharged, done.replayed,
+                     time.monotonic() - t0)
         self.recovered.add(tp)
 
     # -- health -------------------------------------------------------------------------------
@@ -764,12 +654,12 @@ class StreamWorker(Service):
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned raw partition: high watermark minus the next offset to consume."""
         out: dict[tuple[str, int], int] = {}
-        if self.consumer is None:
+        if not self._port_open:
             return out
         for tp in self.assigned:
-            high, done = self.consumer.highwater(tp), self.consumed.get(tp)
+            high, done = self.port.highwater(tp), self.consumed.get(tp)
             if high is not None and done is not None:  # known once the partition was fetched from
-                out[(tp.topic, tp.partition)] = max(0, int(high) - done)
+                out[tp] = max(0, high - done)
         return out
 
     # -- periodic -----------------------------------------------------------------------------
@@ -798,19 +688,6 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
-    def __init__(self, worker: StreamWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.worker.revoke(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.worker.assigned = set(assigned)
-        self.worker.meta_written = set()
-        log.info("assigned %d partitions: %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
-
-
 class _ShellOnly(BootStrategy):
     """Faust boots no Kafka client, web server or sensor of its own: :class:`StreamWorker` owns Kafka."""
 
@@ -832,6 +709,17 @@ class _App(faust.App):
     def on_init_dependencies(self) -> Any:
         deps = list(super().on_init_dependencies())
         return deps + [self.stream_worker] if self.stream_worker is not None else deps
+
+
+def aiokafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> AiokafkaPort:
+    """The production port: aiokafka clients with the settings' fetch, session and request timeouts."""
+    s = settings
+    timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
+    consumer = dict(max_partition_fetch_bytes=s.fetch_bytes_per_partition, fetch_min_bytes=s.fetch_min_bytes,
+                    fetch_max_wait_ms=s.fetch_max_wait_ms, session_timeout_ms=int(s.session_timeout_s * 1000),
+                    heartbeat_interval_ms=int(max(0.5, s.session_timeout_s / 5) * 1000), **timeout)
+    return AiokafkaPort(s.bootstrap, s.group, s.topics.raw_all, security=s.security, consumer_options=consumer,
+                        producer_options=timeout, quiet=quiet)
 
 
 def create_app(settings: WorkerSettings, processor: Processor) -> tuple[faust.App, StreamWorker]:

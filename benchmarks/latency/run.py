@@ -622,6 +622,8 @@ PROFILE_AREAS = (
     ("durable-state checkpoint (StreamWorker._checkpoint_step/_write, pipeline.state)",
      lambda f: any(k in f for k in ("checkpoint", "_encode", "_write", "_begin")), "pipeline/app.py"),
     ("durable-state checkpoint (StreamWorker._checkpoint_step/_write, pipeline.state)", lambda f: True, "pipeline/state.py"),
+    ("durable-state checkpoint (StreamWorker._checkpoint_step/_write, pipeline.state)", lambda f: True,
+     "pipeline/durability.py"),
     ("publishing releases (StreamWorker._publish -> AIOKafkaProducer.send)", lambda f: f.endswith("_publish"), "pipeline/app.py"),
     ("Kafka fetch (aiokafka Fetcher: fetch requests and responses coded in Python)", lambda f: True, "aiokafka/consumer/fetcher.py"),
     ("idle (event loop waiting in epoll)", lambda f: "epoll" in f or f.endswith("select"), ""),
