@@ -18,10 +18,18 @@ install: $(STAMP)  ## venv and every dependency (runtime, tests, benchmarks)
 demo: install  ## broker up, worker, replay generated recordings for several devices, print releases and latency
 	$(BIN)/biopriv demo
 
+# The 5-minute broker outage test (marker slow) mostly waits: it runs beside the tests that need no
+# broker, then the other integration tests run on the broker it leaves behind (or starts again).
 test: install  ## lint, types, then every test: unit, statistical audits, shared-data validation, integration on a live broker
 	$(BIN)/ruff check pipeline connectors tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	@mkdir -p .biopriv
+	@echo "make test: the broker-outage test (-m slow) runs in the background, log .biopriv/test-slow.log"
+	@$(BIN)/python -m pytest -m slow -p no:cacheprovider > .biopriv/test-slow.log 2>&1 & slow=$$!; \
+	$(BIN)/python -m pytest -m "not integration"; unit=$$?; \
+	wait $$slow; outage=$$?; echo "== pytest -m slow"; cat .biopriv/test-slow.log; \
+	test $$unit -eq 0 && test $$outage -eq 0
+	$(BIN)/python -m pytest -m "integration and not slow"
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration"

@@ -272,15 +272,7 @@ class ReleasePlan:
         # inf - inf = NaN: a false alarm, and the mask below then finds nothing)
         if math.isnan(_sum(x)):
             np.copyto(x, self.default, where=np.isnan(x))  # the defaults lie inside the bounds
-        # z = (x - lo) G / width (+ 1/2 for categories), in place in x; z <= G (see _inv_step)
-        if self._sub_lo:
-            np.subtract(x, self.lo, out=x)
-        if self._mul_step:
-            np.multiply(x, self.inv_step, out=x)
-        if self._add_shift:
-            np.add(x, self.shift, out=x)
-        k = np.floor(x)
-        np.subtract(x, k, out=x)  # frac(z)
+        k = self._to_grid(x)
         # one keystream read: rows of 64-bit words, mapped to uniforms in place
         n = self._rows * d
         buf = np.empty(n, dtype="<u8")
@@ -314,6 +306,19 @@ class ReleasePlan:
                 part[...] = res
         return out, sel
 
+    def _to_grid(self, x: np.ndarray) -> np.ndarray:
+        """Grid index ``floor(z)`` of clipped values ``x``, with ``x`` overwritten by ``frac(z)``:
+        z = (x - lo) G / width (+ 1/2 for categories); z <= G (see _inv_step). Rows broadcast."""
+        if self._sub_lo:
+            np.subtract(x, self.lo, out=x)
+        if self._mul_step:
+            np.multiply(x, self.inv_step, out=x)
+        if self._add_shift:
+            np.add(x, self.shift, out=x)
+        k = np.floor(x)
+        np.subtract(x, k, out=x)
+        return k
+
     def apply_many(self, values: np.ndarray, streams: Sequence[NoiseStream]) -> tuple[np.ndarray, np.ndarray | None]:
         """Privatize many devices' vectors at once: row ``i`` of ``values`` (shape ``(n, d)``,
         spec order) with ``streams[i]``, bit-identical to ``apply(values[i], streams[i])``.
@@ -333,14 +338,7 @@ class ReleasePlan:
         np.maximum(x, self.lo, out=x)
         np.minimum(x, self.hi, out=x)
         np.copyto(x, np.broadcast_to(self.default, x.shape), where=np.isnan(x))
-        if self._sub_lo:
-            np.subtract(x, self.lo, out=x)
-        if self._mul_step:
-            np.multiply(x, self.inv_step, out=x)
-        if self._add_shift:
-            np.add(x, self.shift, out=x)
-        k = np.floor(x)
-        np.subtract(x, k, out=x)
+        k = self._to_grid(x)
         buf = np.empty((n, self._rows * d), dtype="<u8")
         for i, stream in enumerate(streams):
             stream.fill(buf[i])
