@@ -141,7 +141,7 @@ def test_intervals_cover_the_truth_95_percent_of_the_time(broken: bool, monkeypa
         assert 0.93 <= rate <= 0.97, rate
 
 
-def test_planner_predicts_the_measured_half_width() -> None:
+def test_planner_predicts_the_measured_half_width(seeded_lineages: None) -> None:
     """The planner's day half-width for 2,000 devices at the true mean is within 10 % of the
     interval the aggregator reports on such a cohort."""
     truth = np.random.default_rng(4).normal(75, 10, (2000, 1))

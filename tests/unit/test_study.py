@@ -178,10 +178,11 @@ def test_the_lifetime_cap_suppresses_with_an_event() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["split", "sample"])
-def test_the_mean_is_rebuilt_unbiased_from_records_with_15_percent_missing(strategy: str) -> None:
+def test_the_mean_is_rebuilt_unbiased_from_records_with_15_percent_missing(strategy: str, seeded_lineages: None) -> None:
     """3,000 devices, one hr report each; 15 % had no valid window. The estimate from the published
     records alone covers the true mean of the devices with a value; ignoring the presence bit is
-    biased toward the fallback."""
+    biased toward the fallback. Seeded (lineages included): the 99 % interval misses in about 1 % of
+    unseeded runs, 2 of 60 in a check (z-scores of the estimate: mean 0.07, sd 1.03)."""
     import dataclasses
 
     study = from_mapping({"sets": {"hr": {"features": ["hr"], "period": "1h", "epsilon_per_day": 2.0,
