@@ -183,36 +183,32 @@ class WorkerSettings:
     web_host: str = "0.0.0.0"
 
 
-#: One record to produce: topic, key, value, headers.
-Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
-
-
-def outgoing(outcome: Outcome, topics: Topics, source: str, latency_headers: bool) -> list[Record]:
+def outgoing(outcome: Outcome, topics: Topics, source: str, latency_headers: bool) -> list[OutRecord]:
     """The records a processed message publishes (releases, dead letters, events), in order.
 
     ``source`` (``topic/partition/offset`` of the message) goes into dead letters' headers;
     ``latency_headers`` adds ``biopriv-t-frame-send-ns`` and ``biopriv-last-seq`` to releases.
     Shared by the worker and the latency benchmark's Quix Streams peer, so both publish the same.
     """
-    out: list[Record] = []
+    out: list[OutRecord] = []
     for r in outcome.releases:
-        headers = [("biopriv-t-release-ns", b"%d" % r.t_release_ns)]
+        headers: tuple[tuple[str, bytes], ...] = (("biopriv-t-release-ns", b"%d" % r.t_release_ns),)
         if latency_headers:
-            headers += [("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq)]
-        out.append((topics.private, r.key, r.value, headers))
+            headers += (("biopriv-t-frame-send-ns", b"%d" % r.last_send_ns), ("biopriv-last-seq", b"%d" % r.last_seq))
+        out.append(OutRecord(topics.private, r.value, key=r.key, headers=headers))
     for d in outcome.dead_letters:
-        headers = [
+        headers = (
             ("biopriv-reason", d.reason.encode()),
             ("biopriv-detail", d.detail.encode()[:1000]),
             ("biopriv-source", source.encode()),
-        ]
+        )
         value = d.value
         if len(value) > DEADLETTER_MAX_VALUE:
-            headers.append(("biopriv-truncated", str(len(value)).encode()))
+            headers += (("biopriv-truncated", str(len(value)).encode()),)
             value = value[:DEADLETTER_MAX_VALUE]
-        out.append((topics.deadletter, (d.key or b"")[:1000] or None, value, headers))
+        out.append(OutRecord(topics.deadletter, value, key=(d.key or b"")[:1000] or None, headers=headers))
     for e in outcome.events:
-        out.append((topics.events, str(e.get("pseudonym", "")).encode(), json.dumps(e).encode(), []))
+        out.append(OutRecord(topics.events, json.dumps(e).encode(), key=str(e.get("pseudonym", "")).encode()))
     return out
 
 
@@ -422,8 +418,8 @@ class StreamWorker(Service):
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
         source = f"{tp[0]}/{tp[1]}/{offset}"
-        for topic, key, value, headers in outgoing(outcome, t, source, self.settings.latency_headers):
-            await send(OutRecord(topic, value, key=key, headers=tuple(headers)))
+        for record in outgoing(outcome, t, source, self.settings.latency_headers):
+            await send(record)
 
     async def _write_headers(self, devices: set[str], partition: int) -> None:
         """Write the devices' headers (lineage, day keys) to the state topic and wait until they are

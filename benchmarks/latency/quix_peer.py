@@ -63,15 +63,15 @@ def run(args: argparse.Namespace) -> None:
         from quixstreams import Application, message_context
     from quixstreams.models.serializers import Serializer
 
-    from connectors.kafka import Topics
-    from pipeline.app import Record, WorkerSettings, build_processor, outgoing
+    from connectors.kafka import OutRecord, Topics
+    from pipeline.app import WorkerSettings, build_processor, outgoing
     from pipeline.processor import DeadLetter, Outcome
 
     topics = Topics.with_prefix(args.output.removesuffix(PRIVATE_SUFFIX))
     processor = build_processor(WorkerSettings(per_window=True, key_file=args.key_file))
     stats = Stats(args.system)
 
-    def process(value: bytes | None, key: bytes | None, timestamp: int, headers: Any) -> list[Record]:
+    def process(value: bytes | None, key: bytes | None, timestamp: int, headers: Any) -> list[OutRecord]:
         """One raw message -> the records the worker would publish for it."""
         value = value if value is not None else b""
         t0 = time.perf_counter_ns()
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> None:
     class RecordValue(Serializer):
         """An output record's value bytes, as they are."""
 
-        def __call__(self, value: Record, ctx: Any) -> bytes:
-            return value[2]
+        def __call__(self, value: OutRecord, ctx: Any) -> bytes:
+            return value.value
 
     with tempfile.TemporaryDirectory(prefix="biopriv-quix-") as state_dir:
         app = Application(
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> None:
         for name in args.inputs.split(","):
             sdf = app.dataframe(app.topic(name, key_deserializer="bytes", value_deserializer="bytes"))
             sdf = sdf.apply(process, expand=True, metadata=True)
-            sdf = sdf.set_headers(lambda rec, key, ts, headers: rec[3])
-            sdf.to_topic(lambda rec, key, ts, headers: out[rec[0]], key=lambda rec: rec[1])
+            sdf = sdf.set_headers(lambda rec, key, ts, headers: list(rec.headers))
+            sdf.to_topic(lambda rec, key, ts, headers: out[rec.topic], key=lambda rec: rec.key)
         stop = stats.report_every(args.stats_interval)
         try:
             app.run()  # until SIGTERM / SIGINT: Quix stops, commits and returns

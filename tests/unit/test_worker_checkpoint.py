@@ -123,16 +123,16 @@ def test_outgoing_records_are_releases_then_dead_letters_then_events(tmp_path: P
                       events=[{"event": "suppressed", "pseudonym": "p1"}])
     t = Topics.with_prefix("x.")
     plain, timed = outgoing(outcome, t, "x.raw.eeg/2/7", False), outgoing(outcome, t, "x.raw.eeg/2/7", True)
-    assert [r[0] for r in plain] == [t.private, t.deadletter, t.events]
+    assert [r.topic for r in plain] == [t.private, t.deadletter, t.events]
     r = releases[0]
-    assert plain[0] == (t.private, r.key, r.value, [("biopriv-t-release-ns", str(r.t_release_ns).encode())])
-    assert timed[0][3][1:] == [("biopriv-t-frame-send-ns", str(r.last_send_ns).encode()),
-                               ("biopriv-last-seq", str(r.last_seq).encode())]
-    topic, key, value, headers = plain[1]
+    assert (plain[0].key, plain[0].value, plain[0].headers) == (r.key, r.value, (("biopriv-t-release-ns", str(r.t_release_ns).encode()),))
+    assert timed[0].headers[1:] == (("biopriv-t-frame-send-ns", str(r.last_send_ns).encode()),
+                                    ("biopriv-last-seq", str(r.last_seq).encode()))
+    key, value, headers = plain[1].key, plain[1].value, plain[1].headers
     assert (key, value) == (b"a", big[:DEADLETTER_MAX_VALUE])
     assert dict(headers) == {"biopriv-reason": b"bad_frame", "biopriv-detail": b"why",
                              "biopriv-source": b"x.raw.eeg/2/7", "biopriv-truncated": str(len(big)).encode()}
-    assert plain[2][1:] == (b"p1", b'{"event": "suppressed", "pseudonym": "p1"}', [])
+    assert (plain[2].key, plain[2].value, plain[2].headers) == (b"p1", b'{"event": "suppressed", "pseudonym": "p1"}', ())
 
 
 def test_after_the_ledgers_come_the_meta_records_then_the_resume_offsets(tmp_path: Path) -> None:
