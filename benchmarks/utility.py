@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,25 +66,6 @@ def study_at(epsilon_per_day: float) -> Study:
     return from_mapping(data, f"default study at {epsilon_per_day:g} epsilon per day")
 
 
-class Progress:
-    """A one-line progress bar on stderr (like ``biopriv replay``'s), for the long loops."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.done, self.label, self.t0 = max(total, 1), 0, label, time.time()
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.done < self.total and time.time() - getattr(self, "_shown", 0.0) < 1.0:
-            return
-        self._shown = time.time()
-        frac = self.done / self.total
-        eta = (time.time() - self.t0) * (1 - frac) / max(frac, 1e-9)
-        bar = "#" * int(30 * frac)
-        print(f"\r{self.label} [{bar:<30}] {frac:6.1%} eta {eta:5.0f} s", end="", file=sys.stderr, flush=True)
-        if self.done >= self.total:
-            print(file=sys.stderr, flush=True)
-
-
 def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: int) -> list[dict[str, Any]]:
     """One row per (feature, daily epsilon, cohort size): measured error and coverage, planner."""
     rng = np.random.default_rng(seed)
@@ -92,7 +74,8 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
     sims = {e: Simulator(studies[e], keys) for e in EPSILONS}
     base = studies[EPSILONS[0]]
     names = [n for n in base.sets if sources[n]]
-    bar = Progress(sum(n * r for n, r in sizes.items()) * len(names), "utility")
+    bar = tqdm(total=sum(n * r for n, r in sizes.items()) * len(names), desc="utility", unit="device-day",
+               file=sys.stderr, dynamic_ncols=True)
     rows = []
     for name in names:
         s = base.sets[name]
@@ -115,7 +98,7 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
                         err[e][r, i] = got["estimate"] - target[i]
                         half[e][r, i] = (got["ci95"][1] - got["ci95"][0]) / 2
                         cov[e][i] += got["ci95"][0] <= target[i] <= got["ci95"][1]
-                bar.step(n)
+                bar.update(n)
             for e in EPSILONS:
                 plan = {p["feature"]: p for p in predict(studies[e], n, expected) if p["feature_set"] == name}
                 for i, f in enumerate(s.features):
@@ -133,6 +116,7 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
                         "ratio": predicted / measured if measured > 0 else math.nan,
                         "share_sd": plan[f.name]["share_sd_day"],
                     })
+    bar.close()
     return rows
 
 
@@ -154,17 +138,18 @@ def attacks(sources: dict[str, list[np.ndarray]], trials: int, seed: int) -> dic
             population[f.name] = np.where(np.isfinite(col), col, (f.spec.lower + f.spec.upper) / 2)
             population[f"{f.name}.present"] = np.isfinite(col).astype(np.float64)
     out: dict[str, Any] = {"devices": ATTACK_DEVICES, "sets": names, "by_epsilon": {}}
-    bar = Progress(trials * len(EPSILONS), "attacks")
+    bar = tqdm(total=trials * len(EPSILONS), desc="attacks", unit="trial", file=sys.stderr, dynamic_ncols=True)
     for e in EPSILONS:
         study = study_at(e)
         sub = from_mapping({"budget": {"epsilon_per_day": e, "lifetime_epsilon": max(60.0, e)},
                             "sets": {n: _set_mapping(study, n) for n in names}}, study.source)
-        res = attack_trials(sub, keys, draw, ATTACK_DEVICES, trials, population, rng, bar.step)
+        res = attack_trials(sub, keys, draw, ATTACK_DEVICES, trials, population, rng, bar.update)
         # what the target spends: the sets with data (temperature has no recording)
         spent = sum(sub.sets[n].epsilon_per_day for n in names)
         out["by_epsilon"][str(e)] = attack_summary(res, spent, ATTACK_DEVICES) | {"epsilon_spent": spent}
         if "no_privacy" not in out:
             out["no_privacy"] = attack_summary(res, math.inf, ATTACK_DEVICES, prefix="raw_")
+    bar.close()
     return out
 
 

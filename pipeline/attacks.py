@@ -149,7 +149,7 @@ def _target_values(study: Study, truth: dict[str, np.ndarray]) -> dict[str, floa
 
 def attack_trials(study: Study, keys: KeyProvider, draw: Callable[[str, int], np.ndarray], devices: int, trials: int,
                   population: Mapping[str, np.ndarray], rng: np.random.Generator,
-                  step: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+                  step: Callable[[], object] | None = None) -> dict[str, np.ndarray]:
     """Membership scores (the target in the cohort / another device in its place), the target's
     linkage rank (pseudonyms scoring higher), and the same three on the raw values (``raw_*``).
 
