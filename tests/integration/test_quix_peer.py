@@ -13,12 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_fault_tolerance import wait_until
 from test_worker import FEATURE_SET_OF, build_fleet, consume_all
 
 from connectors.kafka import Topics, make_producer
@@ -76,7 +76,14 @@ def test_quix_peer_publishes_what_the_worker_would(kafka_bootstrap: str, topics:
     try:
         releases = consume_all(kafka_bootstrap, topics.private, expect=sum(expected.values()), timeout_s=120)
         dead = consume_all(kafka_bootstrap, topics.deadletter, expect=len(bad), timeout_s=30)
-        time.sleep(1.5)  # one more counter line after the last message
+        total = len(frames) + len(bad)
+
+        def counted_all() -> bool:  # a counter line (every --stats-interval) with every message
+            lines = log_path.read_text(errors="replace").splitlines()
+            return any(json.loads(line).get("frames") == total for line in lines if line.startswith("{"))
+
+        wait_until(counted_all, 30, "the peer's counter line for every message",
+                   lambda: log_path.read_text(errors="replace"))
     finally:
         proc.terminate()
         rc = proc.wait(timeout=60)
