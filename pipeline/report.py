@@ -4,7 +4,9 @@
 :func:`~pipeline.aggregate.read_aggregates` or the ``<prefix>aggregates`` topic) and the study
 the releases were made under, and writes to a folder:
 
-* one PNG per feature set (``<feature set>.png``): per feature, the estimate of every report
+* one PNG per feature set (``<feature set>.png``; a set of more than :data:`PANELS_PER_PNG`
+  features continues in ``<feature set>-part2.png`` and so on, so no image grows past what a
+  browser or matplotlib renders): per feature, the estimate of every report
   period with its 95 % interval as a shaded band, the UTC day estimates as dashed lines over the
   periods of their day with their own band, and a small panel of the reports behind each estimate;
 * ``index.html``: the same PNGs embedded as ``data:`` URIs (the page needs no other file), a
@@ -187,6 +189,10 @@ def _plot_feature(ax: Any, counts: Any, rows: list[dict[str, Any]]) -> None:
     counts.grid(alpha=0.3)
 
 
+#: Features plotted in one PNG at most (3.6 inches each at 100 dpi: 2,880 pixels high).
+PANELS_PER_PNG = 8
+
+
 def plot_feature_set(name: str, features: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """One PNG at ``path``: per feature an estimate panel over a small report-count panel."""
     from matplotlib import dates as mdates
@@ -266,12 +272,15 @@ def write_report(aggregates: Sequence[dict[str, Any]], study: Study, out_dir: Pa
     ]
     taken: set[str] = set()
     for fs, features in groups.items():
-        png = out_dir / _file_name(fs, taken)
-        plot_feature_set(fs, features, png)
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        parts.append(f"<h2>{html.escape(fs)}</h2>\n<figure>\n"
-                     f'<img src="data:image/png;base64,{data}" alt="{html.escape(fs)}: estimates with 95 % intervals">'
-                     f"\n<figcaption>{html.escape(png.name)}</figcaption>\n</figure>")
+        parts.append(f"<h2>{html.escape(fs)}</h2>")
+        names = list(features)
+        for k, i in enumerate(range(0, len(names), PANELS_PER_PNG), start=1):
+            png = out_dir / _file_name(fs if k == 1 else f"{fs}-part{k}", taken)
+            plot_feature_set(fs, {n: features[n] for n in names[i:i + PANELS_PER_PNG]}, png)
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append("<figure>\n"
+                         f'<img src="data:image/png;base64,{data}" alt="{html.escape(fs)}: estimates with 95 % intervals">'
+                         f"\n<figcaption>{html.escape(png.name)}</figcaption>\n</figure>")
         for feature, rows in features.items():
             warning, wide = _warning(study, feature, rows)
             parts.append(f"<h3>{html.escape(feature)}</h3>\n{warning}\n{_table(rows, wide)}")

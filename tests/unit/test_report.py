@@ -13,7 +13,7 @@ import pytest
 from pipeline.aggregate import read_aggregates, write_aggregates
 from pipeline.errors import ConfigError
 from pipeline.plan import devices_for
-from pipeline.report import budget_paragraph, write_report
+from pipeline.report import PANELS_PER_PNG, budget_paragraph, write_report
 from pipeline.study import Study, from_mapping
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -104,6 +104,22 @@ def test_one_valid_png_per_feature_set_written_and_embedded(report: Path) -> Non
         assert pixels.std() > 0.01  # not a blank canvas
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]) == data
+
+
+def test_a_set_of_many_features_is_split_into_pngs_of_bounded_height(tmp_path: Path) -> None:
+    """64-channel EEG releases hundreds of features: one PNG per set would be 3.6 inches per
+    feature (past matplotlib's and browsers' image limits); the set continues in part files."""
+    from matplotlib import image
+
+    n = 2 * PANELS_PER_PNG + 3
+    rows = [record("eeg", f"alpha_rel@ch{c:02d}", "2026-12-01T00:00:00Z", 3600.0, 0.3, 0.01, 200) for c in range(n)]
+    index = write_report(rows, Study.default(), tmp_path, "many")
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["eeg-part2.png", "eeg-part3.png", "eeg.png"]
+    heights = {p: image.imread(tmp_path / p).shape[0] for p in pngs}
+    assert max(heights.values()) <= PANELS_PER_PNG * 360 + 100, heights
+    assert heights["eeg-part3.png"] < heights["eeg.png"]  # 3 features against 8
+    assert len(parse(index).imgs) == 3 and len(parse(index).tables) == n
 
 
 def test_table_values_match_the_input(report: Path) -> None:
