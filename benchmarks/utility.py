@@ -96,10 +96,14 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
     names = [n for n in base.sets if sources[n]]
     blocks = {name: block_means(base.sets[name], sources[name]) for name in names}
     expected: dict[str, float] = {}
-    for name in names:  # the population's mean per feature, from a cohort of 20,000
+    spread: dict[str, float] = {}
+    for name in names:  # the population's mean and sd per feature, from a cohort of 20,000
         big = cohort(base.sets[name], sources[name], 20_000, rng, periods=1, blocks=blocks[name])[:, 0]
-        expected.update(zip([f.name for f in base.sets[name].features], truth_mean(big).tolist(), strict=True))
-    plans = {(e, n): {p["feature"]: p for p in predict(studies[e], n, expected)} for e in EPSILONS for n in sizes}
+        feats = [f.name for f in base.sets[name].features]
+        expected.update(zip(feats, truth_mean(big).tolist(), strict=True))
+        spread.update(zip(feats, np.nanstd(big, axis=0).tolist(), strict=True))
+    plans = {(e, n): {p["feature"]: p for p in predict(studies[e], n, expected, spread)}
+             for e in EPSILONS for n in sizes}
     bar = tqdm(total=sum(n * r for n, r in sizes.items()) * len(names), desc="utility", unit="device-day",
                file=sys.stderr, dynamic_ncols=True)
     rows = []
@@ -135,7 +139,7 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
                         "estimated": int(ok.sum()), "planner_estimated_share": plan[f.name]["estimated_share_day"],
                         "epsilon_per_report": studies[e].sets[name].epsilon_per_report,
                         "mechanism": plan[f.name]["mechanism"], "bounds": [f.spec.lower, f.spec.upper],
-                        "truth_mean": expected[f.name], "rmse": rmse, "bias": float(np.mean(err[e][ok, i])) if ok.any() else math.nan,
+                        "truth_mean": expected[f.name], "truth_sd": spread[f.name], "rmse": rmse, "bias": float(np.mean(err[e][ok, i])) if ok.any() else math.nan,
                         "coverage": float(cov[e][i] / runs), "reported_half_width": float(np.nanmean(half[e][:, i])),
                         "measured_half_width": measured, "measured_half_width_ci95": [m_lo, m_hi],
                         "planner_half_width": predicted, "delta_half_width": plan[f.name]["delta_half_width_day"],

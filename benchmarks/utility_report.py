@@ -88,7 +88,7 @@ def report_md(r: dict[str, Any]) -> str:
         "Measured +- = the 95 % quantile of |estimate - truth| over the runs with an estimate: the half-width a 95 % "
         "interval centred on the estimate needs (1.96 x RMSE when the error is normal; the estimate is clipped to the "
         "bounds, `present_point`), with its distribution-free 95 % CI from order statistics. Planner +- = "
-        "`pipeline.plan.predict` at the population's mean (the same quantile by a seeded Monte Carlo of the "
+        "`pipeline.plan.predict` at the population's mean and sd (`spread`; the same quantile by a seeded Monte Carlo of the "
         f"aggregator's estimator, {MC_RUNS} simulated days: its own relative sd about 1.5 %, not in the CI). "
         f"Ratio = planner / measured with the CI that the measurement's CI gives; **flag** when the ratio is off by "
         f"more than {TOLERANCE:.0%}. Estimated/runs: the runs with an estimate (the aggregator gives none while the "

@@ -8,7 +8,8 @@ estimator under the study's mechanisms (:func:`error_quantile`): per simulated d
 of reports that carry the feature's value and its presence bit (scheduling, reports per day,
 k-of-d sampling), the sum of the released values drawn from the mechanism's exact output
 distribution (:data:`EXACT_SUM`) at the expected true value (``expected``; default the midpoint of the bounds, the
-worst case for Duchi and Piecewise), the presence bits' count of ones (every device present),
+worst case for Duchi and Piecewise; optionally with a ``spread`` across devices), the presence
+bits' count of ones (every device present),
 then :func:`~pipeline.privacy.estimators.debiased_share` and
 :func:`~pipeline.privacy.estimators.present_point`, the functions :class:`~pipeline.aggregate.Aggregator`
 uses. Noise draws only: no feature values, so a study takes well under a second.
@@ -48,7 +49,8 @@ MC_RUNS = 4000
 MC_SEED = 20261202
 
 
-def _per_report(study: Study, set_name: str, expected: dict[str, float]) -> list[dict[str, Any]]:
+def _per_report(study: Study, set_name: str, expected: dict[str, float],
+                spread: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Per feature of the set: what one report contributes (variance of its value and presence
     bit, noise descriptors) and how reports carry the feature (k-of-d sampling)."""
     from pipeline.privacy.vector import ReleasePlan
@@ -72,6 +74,7 @@ def _per_report(study: Study, set_name: str, expected: dict[str, float]) -> list
         out.append({"feature": f.name, "var_value": var_v, "var_bit": var_bit, "fallback_gap": x - c,
                     "share": share, "both": both, "mechanism": n["mechanism"], "epsilon": n["epsilon"],
                     "noise": n, "bit_epsilon": float(b["epsilon"]), "x": x, "fallback": c,
+                    "spread": abs(float((spread or {}).get(f.name, 0.0))),
                     "bounds": (float(f.spec.lower), float(f.spec.upper))})
     return out
 
@@ -105,9 +108,9 @@ def _output_pmf(noise_items: tuple[tuple[str, Any], ...], x: float) -> tuple[np.
 EXACT_SUM = 256
 
 
-def _value_sums(rng: np.random.Generator, row: dict[str, Any], n_v: np.ndarray) -> np.ndarray:
+def _value_sums(rng: np.random.Generator, row: dict[str, Any], n_v: np.ndarray, x: float) -> np.ndarray:
     """Sum of ``n_v[i]`` iid released values of true value ``x``, per simulated day ``i``."""
-    values, probs = _output_pmf(tuple(sorted(row["noise"].items())), row["x"])
+    values, probs = _output_pmf(tuple(sorted(row["noise"].items())), x)
     if values.size == 2:  # Duchi: the count of high outputs is binomial
         high = rng.binomial(n_v, probs[1])
         return high * values[1] + (n_v - high) * values[0]
@@ -136,7 +139,12 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     both / value only / bit only / neither under k-of-d sampling), the sum of the released values
     (draws from the mechanism's exact output distribution at ``x``, the devices' values being iid; beyond :data:`EXACT_SUM` values of a mechanism with more than two outputs,
     the normal law with the release's exact mean and variance), the bits' ones (binomial, every device present), then the
-    aggregator's :func:`debiased_share` and :func:`present_point` (clipped to the bounds).
+    aggregator's :func:`debiased_share` and :func:`present_point` (clipped to the bounds). With a
+    ``spread`` in the row, half the devices are at ``x - spread`` and half at ``x + spread`` and
+    the truth is their mean: the mechanism's variance averaged over a population of that standard
+    deviation (Piecewise's variance grows with the distance from the midpoint, Duchi's falls), and
+    under k-of-d sampling the reports that carry the value are a random subset of the devices
+    (hypergeometric), whose mean differs from the cohort's.
     """
     rng = np.random.default_rng(seed)
     total = np.broadcast_to(np.asarray(reports, dtype=np.int64), (runs,))
@@ -146,7 +154,16 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     else:
         cells = rng.multinomial(total, [both, s - both, s - both, 1.0 - 2.0 * s + both])
         n_v, n_b = cells[:, 0] + cells[:, 1], cells[:, 0] + cells[:, 2]
-    sums = _value_sums(rng, row, n_v)
+    x, lo, hi = row["x"], *row["bounds"]
+    if row["spread"] > 0.0:  # half the devices at x - spread, half at x + spread (within the bounds)
+        xs = (max(x - row["spread"], lo), min(x + row["spread"], hi))
+        half = total // 2
+        # the devices whose report carries the value: a random subset under k-of-d sampling
+        low = rng.hypergeometric(np.maximum(half, 0), total - half, n_v) if s < 1.0 else half
+        sums = _value_sums(rng, row, low, xs[0]) + _value_sums(rng, row, n_v - low, xs[1])
+        truth = (half * xs[0] + (total - half) * xs[1]) / np.maximum(total, 1)
+    else:
+        sums, truth = _value_sums(rng, row, n_v, x), np.full(n_v.shape, x)
     p_keep = float(mech.grr_probs(row["bit_epsilon"], 2)[0])
     ones = rng.binomial(n_b, p_keep)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -155,7 +172,7 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     ok = (n_v >= 2) & (n_b >= 1) & (share > 0.0)
     if not ok.any():
         return math.inf, 0.0
-    return float(np.quantile(np.abs(est[ok] - row["x"]), quantile)), float(ok.mean())
+    return float(np.quantile(np.abs(est[ok] - truth[ok]), quantile)), float(ok.mean())
 
 
 def _share_sd(row: dict[str, Any], reports: float) -> float:
@@ -181,13 +198,16 @@ def _period_reports(study: Study, set_name: str, devices: int, runs: int = MC_RU
     return np.random.default_rng(MC_SEED + 1).binomial(round(per_day), 1.0 / s.periods_per_day, size=runs)
 
 
-def predict(study: Study, devices: int, expected: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Predicted 95 % half-widths per feature (per period and per day) for ``devices`` devices."""
+def predict(study: Study, devices: int, expected: dict[str, float] | None = None,
+            spread: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Predicted 95 % half-widths per feature (per period and per day) for ``devices`` devices
+    whose values are at ``expected`` (per feature; default the midpoint), with standard deviation
+    ``spread`` across devices (default 0)."""
     rows = []
     for name, s in study.sets.items():
         per_period, per_day = _reports(study, name, devices)
         period_n = _period_reports(study, name, devices)
-        for r in _per_report(study, name, expected or {}):
+        for r in _per_report(study, name, expected or {}, spread):
             hw_period, est_period = error_quantile(r, period_n)
             hw_day, est_day = error_quantile(r, round(per_day))
             rows.append({
@@ -204,7 +224,7 @@ def predict(study: Study, devices: int, expected: dict[str, float] | None = None
 
 
 def devices_for(study: Study, feature: str, half_width: float, *, per: str = "day",
-                expected: dict[str, float] | None = None) -> int:
+                expected: dict[str, float] | None = None, spread: dict[str, float] | None = None) -> int:
     """Devices needed for a 95 % half-width of ``half_width`` on ``feature`` (per ``day`` or
     ``period``): the fewest devices whose predicted half-width (:func:`error_quantile`, the same
     seeded Monte Carlo as :func:`predict`) is at most ``half_width``, found by bisection (to
@@ -212,7 +232,7 @@ def devices_for(study: Study, feature: str, half_width: float, *, per: str = "da
     if per not in ("day", "period"):
         raise ValueError(f"per must be 'day' or 'period', got {per!r}")
     for name in study.sets:
-        for r in _per_report(study, name, expected or {}):
+        for r in _per_report(study, name, expected or {}, spread):
             if r["feature"] != feature:
                 continue
 

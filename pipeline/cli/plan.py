@@ -25,6 +25,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--devices", type=int, default=1000, help="cohort size (default %(default)s)")
     p.add_argument("--expected", action="append", default=[], metavar="FEATURE=VALUE",
                    help="expected population value of a feature (default: the midpoint of its bounds, the worst case)")
+    p.add_argument("--spread", action="append", default=[], metavar="FEATURE=SD",
+                   help="standard deviation of a feature's value across devices (default 0: every device at --expected)")
     p.add_argument("--target", action="append", default=[], metavar="FEATURE=HALF_WIDTH",
                    help="print the devices needed for this 95 %% half-width of the day's mean (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per feature")
@@ -53,15 +55,17 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     expected = _pairs(args.expected, "--expected")
     targets = _pairs(args.target, "--target")
+    spread = _pairs(args.spread, "--spread")
     known = {f.name for s in study.sets.values() for f in s.features}
-    for name in [*expected, *targets]:
+    for name in [*expected, *targets, *spread]:
         if name not in known:
             raise ConfigError(f"unknown feature {name!r}; the study releases {', '.join(sorted(known))}")
-    rows = predict(study, args.devices, expected)
+    rows = predict(study, args.devices, expected, spread)
     for r in rows:
         if r["feature"] in targets:
             r["target_half_width"] = targets[r["feature"]]
-            r["devices_needed"] = devices_for(study, r["feature"], targets[r["feature"]], expected=expected)
+            r["devices_needed"] = devices_for(study, r["feature"], targets[r["feature"]], expected=expected,
+                                            spread=spread)
     if args.json:
         for r in rows:
             print(json.dumps(r))

@@ -142,3 +142,21 @@ def test_fast_path_draws_what_the_engines_path_draws() -> None:
     slow_a, fast_a, off_a = (np.array(x) for x in (slow, fast, off))
     assert stats.ks_2samp(slow_a[np.isfinite(slow_a)], fast_a[np.isfinite(fast_a)]).pvalue > 0.001
     assert stats.ks_2samp(slow_a[np.isfinite(slow_a)], off_a[np.isfinite(off_a)]).pvalue < 0.001
+
+
+def test_spread_follows_the_mechanisms_variance_over_the_population() -> None:
+    """A population spread over the bounds (half at 50, half at 170 on 30..220, Piecewise at 8
+    epsilon, 1,500 devices) widens the error: Piecewise's variance grows away from the midpoint,
+    and under 1-of-2 sampling the devices that carry the value are a random half of the cohort.
+    The planner with that spread predicts the aggregator's error on such days (99.9 %
+    order-statistic interval, as above); the planner without it falls outside."""
+    study = _study(8.0)
+    sim = Simulator(study, _keys(5))  # type: ignore[arg-type]
+    rng = np.random.default_rng(5)
+    truth = np.repeat([[50.0], [170.0]], 750, axis=0)
+    err = np.array([abs(sim.day_estimates_fast("hr", truth, rng)["hr"]["estimate"] - 110.0) for _ in range(RUNS)])
+    lo, hi = _order_ci(err, 0.95, 0.999)
+    (with_spread,) = predict(study, 1500, {"hr": 110.0}, {"hr": 60.0})  # type: ignore[arg-type]
+    (without,) = predict(study, 1500, {"hr": 110.0})  # type: ignore[arg-type]
+    assert lo <= with_spread["half_width_day"] <= hi, (with_spread["half_width_day"], lo, hi)
+    assert not lo <= without["half_width_day"] <= hi, (without["half_width_day"], lo, hi)
