@@ -154,7 +154,8 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     else:
         cells = rng.multinomial(total, [both, s - both, s - both, 1.0 - 2.0 * s + both])
         n_v, n_b = cells[:, 0] + cells[:, 1], cells[:, 0] + cells[:, 2]
-    x, lo, hi = row["x"], *row["bounds"]
+    x: float = row["x"]
+    lo, hi = row["bounds"]
     if row["spread"] > 0.0:  # half the devices at x - spread, half at x + spread (within the bounds)
         xs = (max(x - row["spread"], lo), min(x + row["spread"], hi))
         half = total // 2
