@@ -160,3 +160,19 @@ def test_spread_follows_the_mechanisms_variance_over_the_population() -> None:
     (without,) = predict(study, 1500, {"hr": 110.0})  # type: ignore[arg-type]
     assert lo <= with_spread["half_width_day"] <= hi, (with_spread["half_width_day"], lo, hi)
     assert not lo <= without["half_width_day"] <= hi, (without["half_width_day"], lo, hi)
+
+
+def test_plan_cli_takes_a_spread(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipeline.cli import main
+
+    assert main(["plan", "--devices", "5000", "--json", "--expected", "hr=75", "--spread", "hr=40"]) == 0
+    spread = {r["feature"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["plan", "--devices", "5000", "--json", "--expected", "hr=75"]) == 0
+    plain = {r["feature"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    # Duchi's variance falls away from the midpoint, but 1-of-2 sampling adds the spread's own term
+    assert spread["hr"]["half_width_day"] != plain["hr"]["half_width_day"]
+    assert spread["scl"]["half_width_day"] == plain["scl"]["half_width_day"]
+    assert main(["plan", "--spread", "heart=2"]) == 2
+    assert "unknown feature 'heart'" in capsys.readouterr().err
