@@ -234,13 +234,32 @@ class BitStats:
             raise PrivacyError("no presence bits")
         p, q = (float(a) for a in mech.grr_probs(self.epsilon, 2))
         y = self.ones / self.n
-        return (y - q) / (p - q), y * (1.0 - y) / (max(self.n - 1, 1) * (p - q) ** 2)
+        return float(debiased_share(self.ones, self.n, self.epsilon)), y * (1.0 - y) / (max(self.n - 1, 1) * (p - q) ** 2)
+
+
+def debiased_share(ones: Any, n: Any, epsilon: float) -> Any:
+    """Debiased share of devices with a value from ``ones`` of ``n`` presence bits at ``epsilon``
+    (scalars or arrays): ``(ones / n - q) / (p - q)``. :class:`BitStats` and the planner's
+    Monte Carlo (:mod:`pipeline.plan`) both use it."""
+    p, q = (float(a) for a in mech.grr_probs(epsilon, 2))
+    return (np.asarray(ones) / n - q) / (p - q)
+
+
+def present_point(v: Any, share: Any, fallback: float, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Any:
+    """The point estimate of the mean over the devices with a value (scalars or arrays):
+    ``(v - (1 - p) c) / p`` clipped to the feature's ``bounds``. The mean of values within the
+    bounds lies within them, so clipping only ever moves the estimate toward the truth; it matters
+    when the share ``p`` is poorly estimated (a small denominator sends the ratio far out).
+    :func:`present_mean` and the planner's Monte Carlo (:mod:`pipeline.plan`) both use it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = (np.asarray(v) - (1.0 - np.asarray(share)) * fallback) / share
+    return np.clip(mu, bounds[0], bounds[1])
 
 
 def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, confidence: float = 0.95,
                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
-    """Mean over the devices with a value: ``(v - (1 - p) c) / p`` with its delta-method variance
-    (``bits`` None: the plain mean of the released values, with a symmetric normal interval).
+    """Mean over the devices with a value: ``(v - (1 - p) c) / p`` clipped to ``bounds``
+    (:func:`present_point`), with its delta-method variance (``bits`` None: the plain mean of the released values, with a symmetric normal interval).
 
     With presence bits the interval is Fieller's for the ratio ``(v - c) / p`` (numerator and
     denominator estimated from independent noise), intersected with ``bounds`` (the feature's
@@ -263,7 +282,7 @@ def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, 
     share, var_p = bits.share_and_variance()
     if share <= 0.0:
         raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")
-    mu = (v - (1.0 - share) * fallback) / share
+    mu = float(present_point(v, share, fallback, bounds))
     var = var_v / share**2 + (v - fallback) ** 2 * var_p / share**4
     low, high = _fieller(v - fallback, var_v, share, var_p, z, bounds[0] - fallback, bounds[1] - fallback)
     return Estimate(mu, var, fallback + low, fallback + high, values.n, confidence)

@@ -329,9 +329,31 @@ class ReleasePlan:
         (:mod:`pipeline.evaluation`). Not for the Gaussian mechanism, whose rejection rounds read
         each device's stream further.
         """
-        n, d = len(streams), self.d
-        if values.shape != (n, d):
-            raise PrivacyError(f"{self.feature_set!r}: apply_many needs values of shape ({n}, {d}), got {values.shape}")
+        n = len(streams)
+        buf = np.empty((n, self.words), dtype="<u8")
+        for i, stream in enumerate(streams):
+            stream.fill(buf[i])
+        if not _LITTLE_ENDIAN:
+            buf = buf.astype(np.uint64)
+        return self.apply_words(values, buf, streams[0] if streams else None)
+
+    @property
+    def words(self) -> int:
+        """64-bit keystream words one report reads (all mechanisms but the Gaussian)."""
+        return self._rows * self.d
+
+    def apply_words(self, values: np.ndarray, buf: np.ndarray,
+                    stream: NoiseStream | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`apply_many` with the keystream words given: row ``i`` of ``buf`` (shape
+        ``(n, words)``, native uint64) is what device ``i``'s stream would supply. The engine's
+        path is :meth:`apply_many` (words from each report's noise identity); a simulation that
+        only measures utility may pass words from a seeded generator instead
+        (:meth:`pipeline.evaluation.Simulator.day_estimates_fast`): the same mechanism code on
+        independent uniform words. ``buf`` is overwritten."""
+        n, d = len(buf), self.d
+        if values.shape != (n, d) or buf.shape != (n, self.words):
+            raise PrivacyError(f"{self.feature_set!r}: apply_many needs values of shape ({n}, {d}) and words of shape "
+                               f"({n}, {self.words}), got {values.shape} and {buf.shape}")
         if any(impl.name == "gaussian" for impl, _, _ in self.groups):
             raise PrivacyError(f"{self.feature_set!r}: apply_many does not support the gaussian mechanism")
         x = np.array(values if self._perm is None else values[:, self._perm], dtype=np.float64)
@@ -339,11 +361,6 @@ class ReleasePlan:
         np.minimum(x, self.hi, out=x)
         np.copyto(x, np.broadcast_to(self.default, x.shape), where=np.isnan(x))
         k = self._to_grid(x)
-        buf = np.empty((n, self._rows * d), dtype="<u8")
-        for i, stream in enumerate(streams):
-            stream.fill(buf[i])
-        if not _LITTLE_ENDIAN:
-            buf = buf.astype(np.uint64)
         sel = None
         if self._sample_row is not None:
             r = self._sample_row
@@ -357,7 +374,7 @@ class ReleasePlan:
         out = np.empty((n, d))
         for impl, sl, p in self.groups:
             part = out[:, sl]
-            res = impl.apply(k[:, sl], u[:, :, sl], part, x[:, sl], up[:, sl], p, streams[0])
+            res = impl.apply(k[:, sl], u[:, :, sl], part, x[:, sl], up[:, sl], p, stream)  # type: ignore[arg-type]
             if res is not part:
                 part[...] = res
         return out, sel
