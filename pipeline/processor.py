@@ -124,6 +124,10 @@ class Processor:
         #: What is released (None: every window of every feature set, the per-window mode).
         self.study = study
         self.reports = ReportBuilder(study, engine.keys.tag) if study is not None else None
+        #: Study mode: per feature set, the features its reports read (extractors may skip the others).
+        self._needed: dict[str, frozenset[str]] = (
+            {name: frozenset(f.base for f in s.features) for name, s in study.sets.items()} if study is not None else {}
+        )
         self._pseudonym = pseudonym
         self._window_overrides = dict(windows or {})
         self._clock = clock
@@ -248,7 +252,7 @@ class Processor:
 
     def _release(self, frame: Frame, fs: FeatureSet, window: Window, out: Outcome) -> None:
         try:
-            values = fs.compute(window)
+            values = fs.compute(window, self._needed.get(fs.name))
         except Exception as exc:  # noqa: BLE001 - a feature bug must not kill the worker
             self.stats.feature_errors += 1
             out.events.append(
