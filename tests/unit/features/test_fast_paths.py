@@ -157,3 +157,22 @@ def test_audio_speech_ratio_alone_is_bitwise_the_full_computation(rate: float) -
     # a feature that needs the spectra: the full computation
     assert not np.isnan(audio.AudioExtractor().compute(x[:, :n_len], rate, ("mic",), ("FS",),
                                                        only=frozenset({"speech_ratio", "f0_median"}))["spectral_centroid"])
+
+
+def test_eda_scl_alone_is_the_full_computation() -> None:
+    """``only={"scl"}`` (the default study's EDA feature) skips the SCR search; ``scl`` keeps its bits."""
+    from pipeline.features.eda import EdaExtractor
+
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 60, 0.25)
+    x = 5.0 + 0.3 * np.sin(2 * np.pi * t / 20) + 0.5 * (np.mod(t, 7) < 1.5) + 0.01 * rng.standard_normal(t.size)
+    counts = 0.0
+    for k in range(0, t.size - 40, 4):
+        win = x[None, k : k + 40]
+        full = EdaExtractor().compute(win, 4.0, ("eda",), ("uS",))
+        part = EdaExtractor().compute(win, 4.0, ("eda",), ("uS",), only=frozenset({"scl"}))
+        assert part["scl"] == full["scl"] and np.isnan(part["scr_count"]) and np.isnan(part["scr_amplitude"])
+        counts += full["scr_count"]
+    assert counts > 0  # the full computation found SCRs that the partial one skipped
+    assert EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",), only=frozenset({"scl", "scr_count"})) == \
+        EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",))
