@@ -50,12 +50,16 @@ def core_inputs(sched: Schedule, key_file: Path, seconds: float,
 
 def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path: Path | None = None,
                    study: bool = True) -> dict[str, Any]:
-    """The per-window (stress) mode's figures; with ``study``, the default study's under ``"study"``.
+    """The per-window (stress) mode's figures; with ``study``, the default study's under ``"study"``;
+    the host's ``calibration`` (:func:`benchmarks.machine.calibration`) under ``"calibration"``.
 
     ``profile_path`` profiles the per-window run; the study run's profile goes beside it
     (``<stem>_study<suffix>``).
     """
+    from benchmarks.machine import calibration
+
     out = mode_cost(sched, key_file, seconds, "per-window", profile_path)
+    out["calibration"] = calibration()
     if study:
         prof = None if profile_path is None else profile_path.with_name(f"{profile_path.stem}_study{profile_path.suffix}")
         out["study"] = mode_cost(sched, key_file, seconds, "study", prof)
