@@ -3,15 +3,20 @@
 Builds the latency benchmark's ``standard`` schedule (``benchmarks/latency/workload.py``, read-only
 reuse) and feeds its first ``--seconds`` of frames, in due order, to a fresh
 :class:`~pipeline.processor.Processor` as fast as possible (``benchmarks/latency/processor_cost.py``),
-``--repeat`` times; reports per stream the CPU ms needed per second of load (best run per stream)
-and the whole core's share of one core. Per stream it reports both the wall time of the
+``--repeat`` times per mode; reports per stream the CPU us per frame and ms needed per second of
+load (best run per stream) and the whole core's share of one core. ``--mode``: ``study`` (the
+worker's default study: windows accumulate into report periods), ``per-window`` (the latency
+benchmark's stress mode: every window privatized and released) or ``both`` (default; runs
+interleaved). A machine calibration (``benchmarks/machine.py``, ``calibration``: a fixed tiny
+Python and numpy timing) is printed before and after, to compare figures across hosts. Per stream it reports both the wall time of the
 ``process`` calls (as ``processor_cost`` in the latency benchmark does) and the thread CPU time
 (``CLOCK_THREAD_CPUTIME_ID``: excludes time the thread was preempted, so it is the steadier figure
 on a shared host).
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/core_bench.py --seconds 30 --repeat 3
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/core_bench.py --seconds 40 --repeat 2
 
-``--profile FILE`` writes a pyinstrument tree of one extra run.
+``--profile FILE`` writes a pyinstrument tree of one extra run per mode (``FILE`` with the mode
+before the suffix when both).
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "latency"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from processor_cost import core_inputs, processor_cost  # noqa: E402
+from machine import calibration, cpu_model  # noqa: E402
+from processor_cost import MODES, core_inputs, mode_cost  # noqa: E402
 from workload import Schedule, build_schedule, load_workload  # noqa: E402
 
 
-def core_cpu(sched: Schedule, key_file: Path, seconds: float) -> dict[str, Any]:
+def core_cpu(sched: Schedule, key_file: Path, seconds: float, mode: str) -> dict[str, Any]:
     """Like ``processor_cost`` (fresh processor, frames in due order, as fast as possible), timing
     each ``process`` call by wall clock and by thread CPU time."""
     import logging
     import warnings
 
-    proc, msgs = core_inputs(sched, key_file, seconds)
+    proc, msgs = core_inputs(sched, key_file, seconds, mode)
     n = len(msgs)
     logging.getLogger("pipeline").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
@@ -59,7 +66,8 @@ def core_cpu(sched: Schedule, key_file: Path, seconds: float) -> dict[str, Any]:
         releases[stream] = releases.get(stream, 0) + len(out.releases)
     total = time.process_time() - cpu0
     return {
-        "seconds_of_load": seconds, "frames": n, "cpu_s": round(total, 3),
+        "mode": mode, "seconds_of_load": seconds, "frames": n, "cpu_s": round(total, 3),
+        "cpu_us_per_frame": round(sum(cpu.values()) / 1e3 / max(1, n), 1),
         "cpu_percent_of_one_core_at_this_load": round(100.0 * total / seconds, 1),
         "per_stream": {st: {"frames": frames[st], "releases": releases[st],
                             "wall_ms_per_s_of_load": round(wall[st] / 1e6 / seconds, 1),
@@ -68,46 +76,81 @@ def core_cpu(sched: Schedule, key_file: Path, seconds: float) -> dict[str, Any]:
     }
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best run per stream (least CPU), and the best whole-core figures."""
+    streams = sorted({s for r in runs for s in r["per_stream"]})
+    per_stream = {}
+    for s in streams:
+        v = min((r["per_stream"][s] for r in runs if s in r["per_stream"]), key=lambda v: v["cpu_ms_per_s_of_load"])
+        per_stream[s] = {**v, "best_wall_ms_per_s_of_load": min(r["per_stream"][s]["wall_ms_per_s_of_load"]
+                                                               for r in runs if s in r["per_stream"])}
+    frames = sum(v["frames"] for v in per_stream.values())
+    cpu_ms = sum(v["cpu_ms_per_s_of_load"] for v in per_stream.values())
+    return {
+        "per_stream": per_stream,
+        "best_cpu_percent": min(r["cpu_percent_of_one_core_at_this_load"] for r in runs),
+        "best_cpu_us_per_frame": min(r["cpu_us_per_frame"] for r in runs),
+        # sum of the per-stream bests over all frames: the figure the per-stream table adds up to
+        "cpu_us_per_frame_of_stream_bests": round(cpu_ms * runs[0]["seconds_of_load"] * 1e3 / max(1, frames), 1),
+        "cpu_ms_per_s_of_stream_bests": round(cpu_ms, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="standard")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds of schedule fed to the core")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per mode")
+    ap.add_argument("--mode", choices=(*MODES, "both"), default="both",
+                    help="study: the default study (the worker's default); per-window: the stress mode; both (default)")
     ap.add_argument("--profile", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
+    modes = MODES if args.mode == "both" else (args.mode,)
 
     load0 = os.getloadavg()
+    cal0 = calibration()
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; calibration {cal0} (python sum(range(1000)), "
+          f"numpy rfft(4096), us of thread CPU); load average {[round(x, 2) for x in load0]}", flush=True)
     wl = load_workload(args.workload, short=False)
     t = time.monotonic()
     sched = build_schedule(wl, end_s=args.seconds + 1.0)
     print(f"schedule: {len(sched):,} frames built in {time.monotonic() - t:.1f} s", flush=True)
-    runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="biopriv-core-") as td:
         key_file = Path(td) / "keys.json"
         for i in range(args.repeat):
-            r = core_cpu(sched, key_file, args.seconds)
-            runs.append(r)
-            print(f"run {i + 1}: {r['cpu_percent_of_one_core_at_this_load']}% of one core; CPU ms/s: "
-                  + ", ".join(f"{s} {v['cpu_ms_per_s_of_load']}" for s, v in r["per_stream"].items()), flush=True)
+            for mode in modes:  # interleaved, so that a change in the host's load hits both modes alike
+                r = core_cpu(sched, key_file, args.seconds, mode)
+                runs[mode].append(r)
+                print(f"{mode} run {i + 1}: {r['cpu_us_per_frame']} us/frame, {r['cpu_percent_of_one_core_at_this_load']}% "
+                      "of one core; CPU us/frame: " + ", ".join(f"{s} {v['cpu_us_per_frame']}" for s, v in r["per_stream"].items()),
+                      flush=True)
         if args.profile is not None:
-            processor_cost(sched, key_file, args.seconds, args.profile)
+            for mode in modes:
+                prof = args.profile if len(modes) == 1 else args.profile.with_name(
+                    f"{args.profile.stem}_{mode.replace('-', '_')}{args.profile.suffix}")
+                mode_cost(sched, key_file, args.seconds, mode, prof)
+                print(f"profile of the {mode} mode: {prof}")
     load1 = os.getloadavg()
-    streams = sorted({s for r in runs for s in r["per_stream"]})
-    best = {s: min(r["per_stream"][s]["cpu_ms_per_s_of_load"] for r in runs if s in r["per_stream"]) for s in streams}
-    best_wall = {s: min(r["per_stream"][s]["wall_ms_per_s_of_load"] for r in runs if s in r["per_stream"]) for s in streams}
-    best_pct = min(r["cpu_percent_of_one_core_at_this_load"] for r in runs)
-    print(f"\nload average before {[round(x, 2) for x in load0]}, after {[round(x, 2) for x in load1]}")
-    print(f"core: best {best_pct}% of one core (process CPU time over {args.seconds:g} s of load)")
-    print("| stream | frames | releases | CPU us/frame | CPU ms per s of load | wall ms per s of load |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for s in streams:
-        v = min((r["per_stream"][s] for r in runs if s in r["per_stream"]), key=lambda v: v["cpu_ms_per_s_of_load"])
-        print(f"| {s} | {v['frames']} | {v['releases']} | {v['cpu_us_per_frame']} | {best[s]} | {best_wall[s]} |")
-    print(f"| total | | | | {round(sum(best.values()), 1)} | {round(sum(best_wall.values()), 1)} |")
+    cal1 = calibration()
+    print(f"\nload average before {[round(x, 2) for x in load0]}, after {[round(x, 2) for x in load1]}; "
+          f"calibration before {cal0}, after {cal1}")
+    results: dict[str, Any] = {}
+    for mode in modes:
+        sm = results[mode] = summary(runs[mode])
+        print(f"\n{mode}: best run {sm['best_cpu_us_per_frame']} us/frame of thread CPU ({sm['best_cpu_percent']}% of one "
+              f"core, process CPU over {args.seconds:g} s of load); best per stream summed: "
+              f"{sm['cpu_us_per_frame_of_stream_bests']} us/frame")
+        print("| stream | frames | releases | CPU us/frame | CPU ms per s of load | wall ms per s of load |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for s, v in sm["per_stream"].items():
+            print(f"| {s} | {v['frames']} | {v['releases']} | {v['cpu_us_per_frame']} | {v['cpu_ms_per_s_of_load']} | "
+                  f"{v['best_wall_ms_per_s_of_load']} |")
+        print(f"| total | | | {sm['cpu_us_per_frame_of_stream_bests']} | {sm['cpu_ms_per_s_of_stream_bests']} | |")
     if args.json is not None:
-        args.json.write_text(json.dumps({"load_before": load0, "load_after": load1, "best_cpu_ms_per_s": best, "best_wall_ms_per_s": best_wall,
-                                         "best_cpu_percent": best_pct, "runs": runs}, indent=1))
+        args.json.write_text(json.dumps({"load_before": load0, "load_after": load1, "calibration_before": cal0,
+                                         "calibration_after": cal1, "modes": results, "runs": runs}, indent=1))
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import msgpack
@@ -142,6 +142,37 @@ class Frame:
             self.device_id, self.modality, self.stream, self.seq, self.capture_ns, send_ns,
             self.sample_rate, self.channels, self.units, self.samples, self.version, self.nonfinite,
         )
+
+
+#: The field order of :class:`Frame`, which :func:`_frame` sets (checked at import).
+_FRAME_FIELDS = ("device_id", "modality", "stream", "seq", "capture_ns", "send_ns", "sample_rate", "channels", "units",
+                 "samples", "version", "nonfinite")
+if tuple(f.name for f in fields(Frame)) != _FRAME_FIELDS:  # pragma: no cover - a new field must be set by _frame too
+    raise AssertionError("Frame's fields changed: update _FRAME_FIELDS and _frame")
+(_set_device_id, _set_modality, _set_stream, _set_seq, _set_capture_ns, _set_send_ns, _set_sample_rate, _set_channels,
+ _set_units, _set_samples, _set_version, _set_nonfinite) = (Frame.__dict__[f].__set__ for f in _FRAME_FIELDS)
+_new = object.__new__
+
+
+def _frame(device_id: str, modality: str, stream: str, seq: int, capture_ns: int, send_ns: int, sample_rate: float,
+           channels: tuple[str, ...], units: tuple[str, ...], samples: np.ndarray, nonfinite: int) -> Frame:
+    """``Frame(...)`` of validated fields, built by setting its slots directly: the frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` once per field, which costs more
+    than the rest of a small frame's validation. The result is the same frozen :class:`Frame`."""
+    f = _new(Frame)
+    _set_device_id(f, device_id)
+    _set_modality(f, modality)
+    _set_stream(f, stream)
+    _set_seq(f, seq)
+    _set_capture_ns(f, capture_ns)
+    _set_send_ns(f, send_ns)
+    _set_sample_rate(f, sample_rate)
+    _set_channels(f, channels)
+    _set_units(f, units)
+    _set_samples(f, samples)
+    _set_version(f, SCHEMA_VERSION)
+    _set_nonfinite(f, nonfinite)
+    return f
 
 
 def make_frame(
@@ -401,4 +432,4 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
         raise FrameError("shape_mismatch", f"{n} samples per channel, allowed 1-{MAX_SAMPLES_PER_FRAME}")
     nonfinite = 0 if np.isfinite(samples).all() else int(samples.size - np.count_nonzero(np.isfinite(samples)))
     samples.flags.writeable = False
-    return Frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite=nonfinite)
+    return _frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite)

@@ -124,6 +124,10 @@ class Processor:
         #: What is released (None: every window of every feature set, the per-window mode).
         self.study = study
         self.reports = ReportBuilder(study, engine.keys.tag) if study is not None else None
+        #: Study mode: per feature set, the features its reports read (extractors may skip the others).
+        self._needed: dict[str, frozenset[str]] = (
+            {name: frozenset(f.base for f in s.features) for name, s in study.sets.items()} if study is not None else {}
+        )
         self._pseudonym = pseudonym
         self._window_overrides = dict(windows or {})
         self._clock = clock
@@ -131,6 +135,7 @@ class Processor:
         self._windowers: dict[tuple[str, str, str], Windower] = {}
         self._specs: dict[tuple[str, tuple[str, ...], float], tuple[FeatureSpec, ...]] = {}
         self._raw_names: dict[tuple[str, tuple[str, ...], float], tuple[str, ...]] = {}
+        self._public_names: dict[tuple[str, tuple[str, ...], float], tuple[str, ...]] = {}
         self._pseudonyms: dict[str, str] = {}
         self._history: dict[tuple[str, float, int], int] = {}
         self._idle_clock = idle_clock
@@ -223,6 +228,14 @@ class Processor:
             self._raw_names[key] = tuple(s.name for s in fs.specs(window.channels, window.sample_rate))
         return specs
 
+    def _names_for(self, fs: FeatureSet, window: Window) -> tuple[str, ...]:
+        """The public feature names of :meth:`_specs_for`, in order."""
+        key = (fs.name, window.channels, window.sample_rate)
+        names = self._public_names.get(key)
+        if names is None:
+            names = self._public_names[key] = tuple(s.name for s in self._specs_for(fs, window))
+        return names
+
     def _array(self, values: Mapping[str, float], fs: FeatureSet, window: Window) -> Any:
         """A dict of feature values as an array in spec order (the device's channel names may
         differ from the public names of the specs; the order is the same)."""
@@ -239,7 +252,7 @@ class Processor:
 
     def _release(self, frame: Frame, fs: FeatureSet, window: Window, out: Outcome) -> None:
         try:
-            values = fs.compute(window)
+            values = fs.compute(window, self._needed.get(fs.name))
         except Exception as exc:  # noqa: BLE001 - a feature bug must not kill the worker
             self.stats.feature_errors += 1
             out.events.append(
@@ -269,11 +282,9 @@ class Processor:
     def _report(self, frame: Frame, fs: FeatureSet, window: Window, values: Mapping[str, float], out: Outcome) -> None:
         """Study mode: add the window to its period; privatize the reports of the periods it closed."""
         assert self.reports is not None and self.study is not None
-        names = [s.name for s in self._specs_for(fs, window)]
         array = values.array if isinstance(values, NamedValues) else self._array(values, fs, window)
-        public = dict(zip(names, array.tolist(), strict=True))
-        closed = self.reports.add(frame.device_id, frame.stream, fs.name, window.index, window.start_ns,
-                                  window.end_ns, public)
+        closed = self.reports.add_array(frame.device_id, frame.stream, fs.name, window.index, window.start_ns,
+                                        window.end_ns, self._names_for(fs, window), array)
         for report in closed:
             s = self.study.sets[fs.name]
             request = ReleaseRequest(

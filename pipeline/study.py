@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,33 @@ class StudyFeature:
             if base == self.base and channel and _region_of(channel, prefixes) and math.isfinite(v):
                 picked.append(v)
         return float(np.mean(picked)) if picked else math.nan
+
+    def picks(self, names: Sequence[str]) -> int | np.ndarray | None:
+        """Where :meth:`value` takes its value from in values ordered like ``names``: the index of
+        the feature (None: absent), or, for a region, the indices of the region's channels of the
+        feature in ``names`` order (:func:`_feature_value` computes the value from them)."""
+        if self.region is None:
+            return names.index(self.base) if self.base in names else None
+        prefixes = REGIONS[self.region]
+        idx = []
+        for i, key in enumerate(names):
+            base, _, channel = key.partition(".")
+            if base == self.base and channel and _region_of(channel, prefixes):
+                idx.append(i)
+        return np.asarray(idx, dtype=np.intp)
+
+
+def _feature_value(array: np.ndarray, pick: int | np.ndarray | None) -> float:
+    """:meth:`StudyFeature.value` from an array of values and the feature's :meth:`StudyFeature.picks`:
+    bitwise the same (a region's mean over its finite values in the same order: the same pairwise
+    sum as ``np.mean`` of the list, divided by their count)."""
+    if pick is None:
+        return math.nan
+    if isinstance(pick, int):
+        return float(array[pick])
+    picked = array[pick]
+    picked = picked[np.isfinite(picked)]
+    return float(np.mean(picked)) if picked.size else math.nan
 
 
 def _region_of(channel: str, prefixes: tuple[str, ...]) -> bool:
@@ -428,10 +455,19 @@ class ReportBuilder:
         self.study = study
         self._tag = tag
         self._open: dict[tuple[str, str, str], _Period] = {}
+        self._pick_cache: dict[tuple[str, tuple[str, ...]], tuple[int | np.ndarray | None, ...]] = {}
 
     def add(self, device_id: str, stream: str, feature_set: str, window_index: int, start_ns: int, end_ns: int,
             values: Mapping[str, float]) -> list[Report]:
         """Add one window's values (keyed by public feature names); returns the reports it closed."""
+        names = tuple(values)
+        array = np.fromiter((float(values[n]) for n in names), dtype=np.float64, count=len(names))
+        return self.add_array(device_id, stream, feature_set, window_index, start_ns, end_ns, names, array)
+
+    def add_array(self, device_id: str, stream: str, feature_set: str, window_index: int, start_ns: int, end_ns: int,
+                  names: tuple[str, ...], array: np.ndarray) -> list[Report]:
+        """:meth:`add` with the window's values as an array in the order of ``names`` (public feature
+        names): what the processor has, without a name -> value mapping per window."""
         s = self.study.sets[feature_set]
         step = s.period_s * 1_000_000_000
         key = (device_id, stream, feature_set)
@@ -448,7 +484,8 @@ class ReportBuilder:
         if cur is None:
             n = len(s.features)
             cur = self._open[key] = _Period(first, np.zeros(n), np.zeros(n, dtype=np.int64))
-        v = np.array([f.value(values) for f in s.features])
+        array = np.asarray(array, dtype=np.float64)
+        v = np.array([_feature_value(array, p) for p in self._picks(s, names)])
         ok = np.isfinite(v)
         cur.sums[ok] += v[ok]
         cur.counts += ok
@@ -456,6 +493,17 @@ class ReportBuilder:
         cur.last_window = window_index
         return out
 
+    def _picks(self, s: StudySet, names: tuple[str, ...]) -> tuple[int | np.ndarray | None, ...]:
+        """Per study feature, where its value is in an array ordered like ``names``
+        (:func:`_feature_value`). Cached per feature set and name layout (a few per deployment:
+        one per channel layout, not per device; the cache is cleared if it ever grows large)."""
+        ck = (s.name, names)
+        picks = self._pick_cache.get(ck)
+        if picks is None:
+            if len(self._pick_cache) >= 1024:
+                self._pick_cache.clear()
+            picks = self._pick_cache[ck] = tuple(f.picks(names) for f in s.features)
+        return picks
     def _close(self, key: tuple[str, str, str], cur: _Period, s: StudySet) -> list[Report]:
         del self._open[key]
         device_id, stream, feature_set = key

@@ -1,10 +1,17 @@
 """The processing core's own cost on the benchmark's frames, in process, without Kafka or Faust.
 
-Feeds the first ``seconds`` of a pre-encoded schedule, in due order, to a
-:class:`~pipeline.processor.Processor` built like the worker's (default privacy configuration, the
-run's key file) as fast as possible, timing every ``process`` call. The CPU needed per second of
-load, compared with the live worker's CPU, separates the core's cost from the Faust / aiokafka
-shell's. Optionally profiled with pyinstrument (in process, the core only).
+Feeds the first ``seconds`` of a pre-encoded schedule, in due order, to a fresh
+:class:`~pipeline.processor.Processor` built like the worker's as fast as possible, timing every
+``process`` call, in two modes (:data:`MODES`):
+
+* ``per-window``: the stress mode the latency benchmark's worker runs (``--per-window``: default
+  privacy configuration, every window released), so per-frame latency stays measurable;
+* ``study``: the worker's default (:func:`pipeline.app.build_processor` with the default study):
+  windows accumulate into report periods (10 min, 1 h) that seldom close within the measured
+  seconds, so this is mostly the cost of windows, features and report accumulation.
+
+The CPU needed per second of load, compared with the live worker's CPU, separates the core's cost
+from the Faust / aiokafka shell's. Optionally profiled with pyinstrument (in process, the core only).
 """
 
 from __future__ import annotations
@@ -16,15 +23,24 @@ from typing import Any
 import numpy as np
 from workload import Schedule, stamp
 
+#: The processor modes measured: the latency benchmark's stress mode and the worker's default study.
+MODES = ("per-window", "study")
 
-def core_inputs(sched: Schedule, key_file: Path, seconds: float) -> tuple[Any, list[tuple[bytes, bytes, str]]]:
-    """A fresh processor (default privacy config) and the first ``seconds`` of the schedule as
+
+def build_core(key_file: Path, mode: str = "per-window") -> Any:
+    """A fresh processor as the worker builds it: ``--per-window`` or the default study."""
+    from pipeline.app import WorkerSettings, build_processor
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return build_processor(WorkerSettings(key_file=key_file, per_window=mode == "per-window"))
+
+
+def core_inputs(sched: Schedule, key_file: Path, seconds: float,
+                mode: str = "per-window") -> tuple[Any, list[tuple[bytes, bytes, str]]]:
+    """A fresh processor (:func:`build_core`) and the first ``seconds`` of the schedule as
     ``(key, stamped value, stream)`` messages in due order."""
-    from pipeline.privacy import PrivacyConfig, PrivacyEngine, load_keys
-    from pipeline.processor import Processor
-
-    keys = load_keys(key_file)
-    proc = Processor(PrivacyEngine(PrivacyConfig.default(), keys), keys.pseudonym)
+    proc = build_core(key_file, mode)
     n = int(np.searchsorted(sched.due_ns, int(seconds * 1e9)))
     base = time.time_ns()
     msgs = [(sched.keys[int(sched.plan_idx[i])], stamp(sched.values[i], int(sched.stamp_at[i]), base + int(sched.due_ns[i])),
@@ -32,8 +48,28 @@ def core_inputs(sched: Schedule, key_file: Path, seconds: float) -> tuple[Any, l
     return proc, msgs
 
 
-def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path: Path | None = None) -> dict[str, Any]:
-    proc, msgs = core_inputs(sched, key_file, seconds)
+def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path: Path | None = None,
+                   study: bool = True) -> dict[str, Any]:
+    """The per-window (stress) mode's figures; with ``study``, the default study's under ``"study"``;
+    the host's ``calibration`` (:func:`benchmarks.machine.calibration`) under ``"calibration"``.
+
+    ``profile_path`` profiles the per-window run; the study run's profile goes beside it
+    (``<stem>_study<suffix>``).
+    """
+    from benchmarks.machine import calibration
+
+    out = mode_cost(sched, key_file, seconds, "per-window", profile_path)
+    out["calibration"] = calibration()
+    if study:
+        prof = None if profile_path is None else profile_path.with_name(f"{profile_path.stem}_study{profile_path.suffix}")
+        out["study"] = mode_cost(sched, key_file, seconds, "study", prof)
+    return out
+
+
+def mode_cost(sched: Schedule, key_file: Path, seconds: float, mode: str,
+              profile_path: Path | None = None) -> dict[str, Any]:
+    """One mode's cost: per stream, wall time of the ``process`` calls; overall, process CPU time."""
+    proc, msgs = core_inputs(sched, key_file, seconds, mode)
     n = len(msgs)
     per_stream: dict[str, list[int]] = {}
     releases: dict[str, int] = {}
@@ -69,6 +105,7 @@ def processor_cost(sched: Schedule, key_file: Path, seconds: float, profile_path
             "cpu_ms_per_s_of_load": round(float(a.sum()) / 1e3 / seconds, 1),
         }
     return {
+        "mode": mode,
         "seconds_of_load": seconds,
         "frames": n,
         "cpu_s": round(cpu, 3),

@@ -1026,8 +1026,13 @@ def markdown(doc: dict[str, Any]) -> str:
     if core:
         L += ["", "## Where the time goes", "",
               f"**Processing core alone** (`Processor.process` on the same frames in one process, no Kafka, no Faust; first "
-              f"{core['seconds_of_load']:g} s of the standard schedule, as fast as possible): **{core['mean_us_per_frame']} us per "
-              f"frame, {core['cpu_percent_of_one_core_at_this_load']}% of one core** at this load.", "",
+              f"{core['seconds_of_load']:g} s of the standard schedule, as fast as possible), in the per-window stress mode "
+              f"the systems below run: **{core['mean_us_per_frame']} us per "
+              f"frame, {core['cpu_percent_of_one_core_at_this_load']}% of one core** at this load"
+              + (f"; with the default study (the worker's default): **{core['study']['mean_us_per_frame']} us per frame**, "
+                 f"{core['study']['cpu_percent_of_one_core_at_this_load']}% of one core" if "study" in core else "")
+              + (f". Host calibration (`benchmarks/machine.py`): {core['calibration']}" if "calibration" in core else "")
+              + ". Per-window mode:", "",
               "| stream | frames | releases | mean us | p50 us | p99 us | max us | CPU ms per s of load |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
         L += [f"| {k} | {v['frames']} | {v['releases']} | {v['mean_us']} | {v['p50_us']} | {v['p99_us']} | {v['max_us']} | "
@@ -1152,9 +1157,10 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         if core_prof is not None:
             RESULTS.mkdir(parents=True, exist_ok=True)
         core = processor_cost(sched, key_file, core_s, core_prof)
-        print(f"[{time.monotonic() - t_all:5.0f} s] processing core alone (no Kafka): {core['mean_us_per_frame']} us/frame, "
-              f"{core['cpu_percent_of_one_core_at_this_load']}% of one core for the first {core_s:g} s of the standard load",
-              flush=True)
+        print(f"[{time.monotonic() - t_all:5.0f} s] processing core alone (no Kafka): {core['mean_us_per_frame']} us/frame "
+              f"per-window, {core['study']['mean_us_per_frame']} us/frame default study, "
+              f"{core['cpu_percent_of_one_core_at_this_load']}% of one core (per-window) for the first {core_s:g} s of the "
+              "standard load", flush=True)
         results: dict[str, dict[str, Any]] = {}
         for name in systems:
             t = time.monotonic()

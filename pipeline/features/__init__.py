@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.features.audio import AudioExtractor
@@ -82,20 +83,23 @@ class FeatureSet:
         """Declarations (name, unit, public bounds) of the features for this channel layout."""
         return self.extractor.specs(tuple(channels), float(sample_rate))
 
-    def compute(self, window: Window) -> Mapping[str, float]:
+    def compute(self, window: Window, only: frozenset[str] | None = None) -> Mapping[str, float]:
         """Feature values of ``window``; keys equal the names of :meth:`specs`, NaN when undefined.
 
         A dict, or for EEG a :class:`~pipeline.features.base.FeatureValues` view over one array (in
         :meth:`specs` order). Windows of a :class:`~pipeline.windows.Windower` without interpolated
-        samples pass the segment's cache to extractors that compute incrementally.
+        samples pass the segment's cache to extractors that compute incrementally. ``only``: the
+        (base) feature names the caller reads, e.g. a study's; extractors that can (``partial``)
+        may then skip the others, which are NaN. What is read is the same either way.
         """
         ext = self.extractor
+        kw: dict[str, Any] = {"only": only} if only is not None and getattr(ext, "partial", False) else {}
         if window.cache is not None and window.missing_fraction == 0.0 and getattr(ext, "incremental", False):
             return ext.compute(  # type: ignore[call-arg]
                 window.data, window.sample_rate, window.channels, window.units,
-                cache=window.cache, start=window.start_sample,
+                cache=window.cache, start=window.start_sample, **kw,
             )
-        return ext.compute(window.data, window.sample_rate, window.channels, window.units)
+        return ext.compute(window.data, window.sample_rate, window.channels, window.units, **kw)
 
 
 def _extractor(name: str, stream: str) -> Extractor:

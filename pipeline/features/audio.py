@@ -231,6 +231,8 @@ class AudioExtractor:
 
     #: :meth:`compute` accepts a :class:`~pipeline.windows.WindowCache`.
     incremental = True
+    #: :meth:`compute` accepts ``only`` (the features the caller reads; the others may be NaN).
+    partial = True
 
     def __init__(self) -> None:
         self._plans: dict[float, _Plan] = {}
@@ -253,12 +255,16 @@ class AudioExtractor:
         units: tuple[str, ...],
         cache: WindowCache | None = None,
         start: int = 0,
+        only: frozenset[str] | None = None,
     ) -> dict[str, float]:
         """Audio features of the first channel (full-scale units).
 
         ``cache`` and ``start`` (the window's segment cache and position,
         :attr:`~pipeline.windows.Window.start_sample`) enable the reuse of sub-frame results; pass
-        them only for windows without interpolated samples.
+        them only for windows without interpolated samples. ``only``: the features the caller
+        reads (a study's). When they need no spectrum (``rms_dbfs``, ``zcr``, ``speech_ratio``:
+        the default study's ``speech_ratio``), only the VAD runs, on the same blocks, so they are
+        bitwise what the full computation gives; the other features are NaN.
         """
         rate = float(sample_rate)
         plan = self._plan(rate)
@@ -272,6 +278,10 @@ class AudioExtractor:
         sign = np.signbit(x)
         out["zcr"] = float(np.count_nonzero(sign[1:] != sign[:-1]) / (x.size - 1))
 
+        if only is not None and only <= _NO_SPECTRUM:
+            vad = self._window_vad(x, rate, cache, start)
+            out["speech_ratio"] = float(vad.mean()) if vad.size else float("nan")
+            return out
         rows = self._window_rows(x, plan, rate, cache, start)
         power = rows.power
         mean_p = power.mean(axis=0)
@@ -319,6 +329,33 @@ class AudioExtractor:
             np.concatenate([b.power for b in blocks]), np.concatenate([b.mfcc for b in blocks]),
             np.concatenate([b.vad for b in blocks]), np.concatenate([b.f0 for b in blocks]),
         )
+
+
+    def _window_vad(self, x: np.ndarray, rate: float, cache: WindowCache | None, start: int) -> np.ndarray:
+        """``_window_rows(...).vad`` without the spectra: the VAD decisions of the same blocks (a
+        fresh detector per block), from the cache by segment position where a block was decided
+        for an earlier window (its own store: full rows hold more than a block's decisions)."""
+        plan = self._plan(rate)
+        n_len, n_hop = (cache.n_length, cache.n_hop) if cache is not None else (x.size, 0)
+        if cache is None or n_len != x.size or n_hop % plan.n_sub or n_len % n_hop or n_hop == n_len:
+            block = max(1, int(round(VAD_BLOCK_S * rate)))
+            return np.concatenate([vad_decisions(x[i : i + block], rate) for i in range(0, x.size, block)])
+        store: dict[int, np.ndarray] = cache.store.setdefault(("mic-vad", rate), {})
+        if store and min(store) < start:  # windows of a segment only move forward
+            for k in [k for k in store if k < start]:
+                del store[k]
+        blocks = []
+        for j in range(n_len // n_hop):
+            pos = start + j * n_hop
+            b = store.get(pos)
+            if b is None:
+                b = store[pos] = vad_decisions(x[j * n_hop : (j + 1) * n_hop], rate)
+            blocks.append(b)
+        return np.concatenate(blocks)
+
+
+#: Features :meth:`AudioExtractor.compute` gives without the per-sub-frame spectra.
+_NO_SPECTRUM = frozenset({"rms_dbfs", "zcr", "speech_ratio"})
 
 
 def _f0(frames: np.ndarray, plan: _Plan, rate: float) -> np.ndarray:

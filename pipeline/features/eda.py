@@ -35,18 +35,26 @@ EDA_SPECS = (
 class EdaExtractor:
     """EDA features of one window (see the module docstring)."""
 
+    #: :meth:`compute` accepts ``only`` (the features the caller reads; the others may be NaN).
+    partial = True
+
     def specs(self, channels: tuple[str, ...], sample_rate: float) -> tuple[FeatureSpec, ...]:
         """Always ``(scl, scr_count, scr_amplitude)``."""
         return EDA_SPECS
 
     def compute(
-        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
+        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...],
+        only: frozenset[str] | None = None,
     ) -> dict[str, float]:
-        """EDA features of the first channel."""
+        """EDA features of the first channel. ``only``: the features the caller reads; without
+        ``scr_count`` and ``scr_amplitude`` (the default study reads ``scl``) no SCR is searched
+        for and both are NaN (``scl`` is the same either way)."""
         x = to_unit(np.asarray(data[:1], dtype=np.float64), units[:1], "uS")[0]
         if x.size < 4:
             return {"scl": float(np.median(x)) if x.size else float("nan"), "scr_count": 0.0, "scr_amplitude": float("nan")}
         y = _filt(x, 0.0, 1.0, sample_rate) if sample_rate > 2.5 else x
+        if only is not None and not only & {"scr_count", "scr_amplitude"}:
+            return {"scl": float(np.median(y)), "scr_count": float("nan"), "scr_amplitude": float("nan")}
         peaks, props = scipy.signal.find_peaks(y, prominence=SCR_MIN_AMPLITUDE_US)
         amps = []
         for p, left in zip(peaks, props["left_bases"], strict=True):

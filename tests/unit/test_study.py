@@ -251,6 +251,30 @@ def test_processor_in_study_mode_releases_one_report_per_scheduled_period(tmp_pa
     assert not math.isnan(proc.engine.spent("band-1")["lifetime_epsilon"])
 
 
+def test_report_values_from_an_array_are_bitwise_those_of_the_named_values() -> None:
+    """The processor hands ReportBuilder an array and its names (``add_array``); a region's value
+    must be bitwise ``StudyFeature.value`` of the same window as a mapping (NaN channels skipped,
+    absent features NaN, the FC/F and FT/T prefixes resolved alike)."""
+    from pipeline.study import _feature_value
+
+    study = Study.default()
+    channels = ("Fp1", "Fp2", "AF3", "F3", "Fz", "FC1", "FCz", "C3", "Cz", "FT7", "T7", "CP1", "P3", "Pz", "PO3", "O1",
+                "Oz", "O2", "x1", "12")
+    names = tuple(f"{b}.{c}" for b in ("alpha_rel", "theta_rel", "beta_rel", "delta_rel") for c in channels) + ("other",)
+    rng = np.random.default_rng(11)
+    builder = ReportBuilder(study, keys(12).tag)
+    for trial in range(200):
+        array = rng.uniform(0, 1, len(names)) * 10.0 ** rng.integers(-3, 3, len(names))
+        array[rng.random(len(names)) < (0.1 if trial % 2 else 0.9)] = np.nan
+        mapping = dict(zip(names, array.tolist(), strict=True))
+        for f, pick in zip(study.sets["eeg"].features, builder._picks(study.sets["eeg"], names), strict=True):
+            expected, got = f.value(mapping), _feature_value(array, pick)
+            assert (math.isnan(expected) and math.isnan(got)) or expected == got, (f.name, expected, got)
+    hr = study.sets["hr"].features[0]
+    assert _feature_value(np.array([71.5]), hr.picks(("hr",))) == 71.5
+    assert math.isnan(_feature_value(np.array([71.5]), hr.picks(("rate",))))
+
+
 def test_processor_in_study_mode_skips_feature_sets_the_study_does_not_ask_for() -> None:
     study = from_mapping({"sets": {"temp": {"features": ["temp_mean"], "period": "30s"}}}, "only-temp")
     k = keys(8)

@@ -120,3 +120,59 @@ def test_audio_cache_matches_from_scratch() -> None:
         n_speech += bool(np.isfinite(got["f0_median"]))
         assert len(cache.store[("mic", 16000.0)]) <= 2  # blocks before the window are evicted
     assert n_speech > 5
+
+
+@pytest.mark.parametrize("rate", [16000.0, 22050.0])
+def test_audio_speech_ratio_alone_is_bitwise_the_full_computation(rate: float) -> None:
+    """``only={"speech_ratio"}`` (the default study's mic feature) runs the VAD alone: through a
+    warm cache, a cold one and without one (interpolated windows, other layouts) its speech ratio,
+    level and zero-crossing rate are the full computation's bits; the features it skips are NaN."""
+    from pipeline.windows import WindowCache
+
+    n_len, n_hop = int(rate), int(rate) // 2
+    x = _speechlike(8.0 * rate / 16000.0, 1)[None, :]
+    only = frozenset({"speech_ratio"})
+    warm_full, warm_only = WindowCache(n_len, n_hop), WindowCache(n_len, n_hop)
+    ratios = set()
+    for k in range((x.shape[1] - n_len) // n_hop + 1):
+        win = x[:, k * n_hop : k * n_hop + n_len]
+        for full, part in (
+            (audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",), cache=warm_full, start=k * n_hop),
+             audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",), cache=warm_only, start=k * n_hop, only=only)),
+            (audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",), cache=WindowCache(n_len, n_hop), start=k * n_hop),
+             audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",), cache=WindowCache(n_len, n_hop), start=k * n_hop,
+                                            only=only)),
+            (audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",)),
+             audio.AudioExtractor().compute(win, rate, ("mic",), ("FS",), only=only)),
+        ):
+            assert part.keys() == full.keys()
+            for name in ("speech_ratio", "rms_dbfs", "zcr"):
+                assert part[name] == full[name], name
+            assert all(np.isnan(v) for n, v in part.items() if n not in ("speech_ratio", "rms_dbfs", "zcr"))
+        ratios.add(full["speech_ratio"])
+        # 16 kHz: whole 25-ms sub-frames per hop, blocks cached (and evicted before the window);
+        # 22.05 kHz: not, every window from scratch
+        assert len(warm_only.store.get(("mic-vad", rate), {})) == (0 if rate % 40 else 2)
+    assert len(ratios) > 3  # speech and pauses: the ratio varies
+    # a feature that needs the spectra: the full computation
+    assert not np.isnan(audio.AudioExtractor().compute(x[:, :n_len], rate, ("mic",), ("FS",),
+                                                       only=frozenset({"speech_ratio", "f0_median"}))["spectral_centroid"])
+
+
+def test_eda_scl_alone_is_the_full_computation() -> None:
+    """``only={"scl"}`` (the default study's EDA feature) skips the SCR search; ``scl`` keeps its bits."""
+    from pipeline.features.eda import EdaExtractor
+
+    rng = np.random.default_rng(3)
+    t = np.arange(0, 60, 0.25)
+    x = 5.0 + 0.3 * np.sin(2 * np.pi * t / 20) + 0.5 * (np.mod(t, 7) < 1.5) + 0.01 * rng.standard_normal(t.size)
+    counts = 0.0
+    for k in range(0, t.size - 40, 4):
+        win = x[None, k : k + 40]
+        full = EdaExtractor().compute(win, 4.0, ("eda",), ("uS",))
+        part = EdaExtractor().compute(win, 4.0, ("eda",), ("uS",), only=frozenset({"scl"}))
+        assert part["scl"] == full["scl"] and np.isnan(part["scr_count"]) and np.isnan(part["scr_amplitude"])
+        counts += full["scr_count"]
+    assert counts > 0  # the full computation found SCRs that the partial one skipped
+    assert EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",), only=frozenset({"scl", "scr_count"})) == \
+        EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",))
