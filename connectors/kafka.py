@@ -192,6 +192,12 @@ class Topics:
 
 log = logging.getLogger(__name__)
 
+#: The Kafka clients the stream worker's port runs on (``biopriv worker --kafka-client``):
+#: :class:`connectors.confluent.ConfluentPort` and :class:`connectors.port.AiokafkaPort`.
+KAFKA_CLIENTS = ("aiokafka", "confluent")
+#: The worker's default client.
+KAFKA_CLIENT = "aiokafka"
+
 
 def project_topics(partitions: int = DEFAULT_PARTITIONS, settings: TopicSettings | None = None) -> list[TopicSpec]:
     """The topics ``biopriv kafka up`` creates (default prefix)."""
@@ -390,14 +396,15 @@ class ClientLogMute(logging.Filter):
         return True
 
 
-def mute_client_logs(active: Callable[[], bool], **options: Any) -> ClientLogMute:
-    """Install a :class:`ClientLogMute` on every aiokafka logger (a logger's filter does not
-    apply to its children, so each module's logger gets it); return it."""
-    import aiokafka  # noqa: F401 - its modules create their loggers on import
-
+def mute_client_logs(active: Callable[[], bool], loggers: Sequence[str] | None = None, **options: Any) -> ClientLogMute:
+    """Install a :class:`ClientLogMute` on the named ``loggers`` (default: every aiokafka logger;
+    a logger's filter does not apply to its children, so each module's logger gets it); return it."""
     mute = ClientLogMute(active, **options)
-    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
-    for name in names:
+    if loggers is None:
+        import aiokafka  # noqa: F401 - its modules create their loggers on import
+
+        loggers = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in loggers:
         logging.getLogger(name).addFilter(mute)
     return mute
 

@@ -92,6 +92,8 @@ from mode import Service
 from connectors.kafka import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_PARTITIONS,
+    KAFKA_CLIENT,
+    KAFKA_CLIENTS,
     OutRecord,
     Topics,
 )
@@ -99,7 +101,7 @@ from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
 from connectors.security import ClientSecurity
 from pipeline import durability
 from pipeline.durability import Checkpoint
-from pipeline.errors import BrokerError, BrokerUnavailable, StateError
+from pipeline.errors import BrokerError, BrokerUnavailable, ConfigError, StateError
 from pipeline.outage import Delivery, Outage, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
@@ -178,6 +180,10 @@ class WorkerSettings:
     device_idle_s: float = 600.0
     #: ``uvloop`` (libuv event loop) or ``asyncio`` (the standard library's).
     event_loop: str = "uvloop"
+    #: The Kafka client behind the worker's port: ``confluent`` (librdkafka,
+    #: :class:`~connectors.confluent.ConfluentPort`) or ``aiokafka`` (:class:`~connectors.port.AiokafkaPort`).
+    #: Every worker of a group uses the same client (their assignors differ).
+    kafka_client: str = KAFKA_CLIENT
     #: Port of the worker's web server (``/metrics``, ``/healthz``, ``/readyz``); 0 disables it.
     web_port: int = 0
     web_host: str = "0.0.0.0"
@@ -241,7 +247,7 @@ class StreamWorker(Service):
         self.settings = settings
         self.processor = processor
         #: Kafka as the worker sees it (:mod:`connectors.port`); default: aiokafka clients built from the settings.
-        self.port: KafkaPort = port if port is not None else aiokafka_port(settings, lambda: self.outage.active)
+        self.port: KafkaPort = port if port is not None else kafka_port(settings, lambda: self.outage.active)
         self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
         #: Held while a batch is processed, and by revocation and eviction, which change the state.
         self.lock = asyncio.Lock()
@@ -707,6 +713,27 @@ class _App(faust.App):
         return deps + [self.stream_worker] if self.stream_worker is not None else deps
 
 
+def kafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> KafkaPort:
+    """The production port of ``settings.kafka_client`` (:data:`KAFKA_CLIENTS`)."""
+    if settings.kafka_client == "confluent":
+        return confluent_port(settings, quiet)
+    if settings.kafka_client == "aiokafka":
+        return aiokafka_port(settings, quiet)
+    raise ConfigError(f"kafka client must be one of {', '.join(KAFKA_CLIENTS)}, got {settings.kafka_client!r}")
+
+
+def confluent_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> KafkaPort:
+    """The port on confluent-kafka (librdkafka) with the settings' fetch, session and request timeouts."""
+    from connectors.confluent import ConfluentPort
+
+    s = settings
+    consumer = dict(fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
+                    fetch_bytes_per_partition=s.fetch_bytes_per_partition, session_timeout_s=s.session_timeout_s,
+                    request_timeout_s=s.request_timeout_s)
+    return ConfluentPort(s.bootstrap, s.group, s.topics.raw_all, security=s.security, consumer_options=consumer,
+                         producer_options={"request_timeout_s": s.request_timeout_s}, quiet=quiet)
+
+
 def aiokafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> AiokafkaPort:
     """The production port: aiokafka clients with the settings' fetch, session and request timeouts."""
     s = settings
@@ -768,7 +795,8 @@ def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:
     processor = build_processor(settings)
     app, _ = create_app(settings, processor)
     started = time.monotonic()
-    log.info("worker %s consuming %s from %s", settings.group, ", ".join(settings.topics.raw_all), settings.bootstrap)
+    log.info("worker %s consuming %s from %s (Kafka client: %s)", settings.group, ", ".join(settings.topics.raw_all),
+             settings.bootstrap, settings.kafka_client)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
-from connectors.kafka import DEFAULT_PARTITIONS, DEFAULT_PREFIX
+from connectors.kafka import DEFAULT_PARTITIONS, DEFAULT_PREFIX, KAFKA_CLIENT, KAFKA_CLIENTS
 from pipeline.cli.options import add_client_options, add_topic_options, client_options, topic_settings
 
 
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fetch-min-bytes", type=int, default=8192, help="a fetch returns once this many bytes are ready (default %(default)s); 1 answers every frame at once, for more worker CPU")
     p.add_argument("--fetch-max-wait-ms", type=int, default=5, help="... or after this many ms (default %(default)s): the most a frame waits at a quiet broker")
     p.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"], help="event loop of the worker (default %(default)s: libuv, less CPU per message than asyncio's own)")
+    p.add_argument("--kafka-client", default=os.environ.get("BIOPRIV_KAFKA_CLIENT") or KAFKA_CLIENT, choices=list(KAFKA_CLIENTS), help=f"Kafka client of the worker's fetch and send loop: confluent (librdkafka) or aiokafka (default $BIOPRIV_KAFKA_CLIENT, else {KAFKA_CLIENT}; every worker of a group uses the same one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         event_loop=args.event_loop,
+        kafka_client=args.kafka_client,
         web_port=args.web_port,
         web_host=args.web_host,
     )
