@@ -332,12 +332,23 @@ class ConfluentPort:
         return batch
 
     def _fetch(self, timeout_s: float, max_records: int) -> tuple[dict[Partition, list[Message]], Any]:
-        """In the consume thread: one batch ``consume()``, grouped by partition in offset order."""
+        """In the consume thread: one batch, grouped by partition in offset order.
+
+        librdkafka's batch ``consume(n, timeout)`` waits until it has ``n`` messages or the timeout
+        expired, so a quiet moment would hold every batch for the whole timeout: the batch takes
+        what the prefetch queue holds (timeout 0), and only when it is empty waits for the first
+        message, then takes what came with it."""
         from confluent_kafka import KafkaError
 
+        consume = self.consumer.consume
+        got_now = consume(max_records, 0)
+        if not got_now:
+            got_now = consume(1, timeout_s)
+            if got_now and max_records > 1:
+                got_now += consume(max_records - 1, 0)
         out: dict[Partition, list[Message]] = {}
         error = None
-        for m in self.consumer.consume(max_records, timeout_s):
+        for m in got_now:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:  # disabled anyway; no error
