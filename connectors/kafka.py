@@ -194,9 +194,9 @@ log = logging.getLogger(__name__)
 
 #: The Kafka clients the stream worker's port runs on (``biopriv worker --kafka-client``):
 #: :class:`connectors.confluent.ConfluentPort` and :class:`connectors.port.AiokafkaPort`.
-KAFKA_CLIENTS = ("aiokafka", "confluent")
-#: The worker's default client.
-KAFKA_CLIENT = "aiokafka"
+KAFKA_CLIENTS = ("confluent", "aiokafka")
+#: The worker's default client: librdkafka, chosen by the A/B in benchmarks/results/ab_clients.md.
+KAFKA_CLIENT = "confluent"
 
 
 def project_topics(partitions: int = DEFAULT_PARTITIONS, settings: TopicSettings | None = None) -> list[TopicSpec]:

@@ -92,8 +92,10 @@ class Consumer:
         self.error, self.partition_error = error, partition_error
         self.answer = threading.Event()
         self.commits: list[list[tuple[str, int, int]]] = []
+        self.consumed: list[tuple[int, float]] = []
 
     def consume(self, num: int, timeout: float) -> list[Msg]:
+        self.consumed.append((num, timeout))
         return self.batches.pop(0) if self.batches else []
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[SimpleNamespace]:
@@ -132,8 +134,23 @@ def test_a_batch_is_grouped_by_partition_and_an_error_behind_records_comes_at_th
         with pytest.raises(BrokerUnavailable, match="^fetch: _TRANSPORT"):
             await port.fetch(10, 5)
         assert await port.fetch(10, 5) == {}
+        # librdkafka holds a batch consume(n, timeout) until it has n messages: only a consume of
+        # one message may wait, a batch takes what is there
+        assert all(num == 1 or timeout == 0 for num, timeout in port.consumer.consumed)
+        assert (1, 0.01) in port.consumer.consumed
         port._closing = True
         assert await port.fetch(10, 5) is None
+
+    asyncio.run(run())
+
+
+def test_an_empty_prefetch_queue_waits_for_one_message_then_takes_what_came_with_it() -> None:
+    async def run() -> None:
+        consumer = Consumer([[], [Msg("t.raw.eeg", 0, 1)], [Msg("t.raw.eeg", 0, 2), Msg("t.raw.eeg", 0, 3)]])
+        port = port_with(consumer)
+        got = await port.fetch(100, 500)
+        assert got is not None and [m.offset for m in got[("t.raw.eeg", 0)]] == [1, 2, 3]
+        assert consumer.consumed == [(500, 0), (1, 0.1), (499, 0)]
 
     asyncio.run(run())
 
