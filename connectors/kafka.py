@@ -3,7 +3,9 @@
 Everything that talks to Kafka goes through these factories: kafka-python clients for the
 command line, replay, tail and state reads; aiokafka clients (:func:`async_consumer`,
 :func:`async_producer`, with the group's :func:`copartitioned_assignor`) for the stream worker's
-event loop (:mod:`pipeline.app`). Settings such as ``acks=all`` or "no producer linger" are decided
+aiokafka port (:class:`connectors.port.AiokafkaPort`). The worker's default port, on
+confluent-kafka, keeps its librdkafka settings and error mapping in :mod:`connectors.confluent`
+(:data:`KAFKA_CLIENTS`). Settings such as ``acks=all`` or "no producer linger" are decided
 once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear line, so the
 command line never prints a traceback for an unreachable broker, a refused login or a denied topic.
 

@@ -1,4 +1,4 @@
-"""``biopriv worker``: run a stream worker (a faust-streaming app, batched aiokafka I/O) against the broker."""
+"""``biopriv worker``: run a stream worker (a faust-streaming app, batched Kafka I/O through confluent-kafka or aiokafka) against the broker."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
     p.add_argument("--session-timeout", type=float, default=10.0, help="consumer group session timeout, s: how fast a dead worker's partitions move (default %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=None, metavar="S", help="request timeout of the worker's producer and consumer, s: a send not acknowledged within it has failed and is retried with backoff (default: 15 for the producer, 40 for the consumer)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="S", help="request timeout of the worker's producer and consumer, s: a send not acknowledged within it has failed and is retried with backoff (default: 15 for the producer; the consumer's client default, 60 for confluent-kafka's socket timeout, 40 for aiokafka)")
     p.add_argument("--device-idle", type=float, default=600.0, help="evict the window buffers of a device without a frame for this many seconds; its window grid and budget are kept (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=500, help="most messages processed per fetched batch (default %(default)s): bounds memory and how long a flooding partition delays the others")
     p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (default %(default)s); larger favours throughput of tiny messages over fairness")
