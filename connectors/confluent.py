@@ -11,7 +11,9 @@ partition in the background and the producer writes as soon as a record is queue
   inside ``consume()``; there the thread hands the revoked or assigned partitions to the worker's
   coroutine on the event loop and waits for it (``asyncio.run_coroutine_threadsafe``), so the
   worker checkpoints and commits revoked partitions *before* they leave (the eager protocol:
-  ``range``, see below);
+  ``range``, see below). Partitions librdkafka declares *lost* (no contact with the coordinator
+  for the session timeout: a broker outage) are revoked from the worker at the next rebalance,
+  once the broker is back, which is when aiokafka revokes them too;
 * the *commit* thread runs the synchronous offset commits and the watermark queries, so a commit
   answered late (a broker outage) holds neither the fetches nor a revocation that waits for it;
 * the *poll* thread serves the producer's delivery reports (``poll()``) and resolves the
@@ -229,6 +231,7 @@ class ConfluentPort:
         self._counts: dict[str, int] = {}  # partitions per subscribed topic, refreshed at each assignment
         self._committing: asyncio.Future[Any] | None = None  # an offset commit not answered yet
         self._fetch_error: BaseException | None = None  # a consumer error that came with records
+        self._lost: set[Partition] = set()  # partitions librdkafka declared lost, not yet revoked from the worker
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -249,19 +252,37 @@ class ConfluentPort:
         self._consume = _Runner("biopriv-kafka-consume")
         self._commits = _Runner("biopriv-kafka-commit")
 
-        def rebalanced(callback: Rebalance, assigning: bool, _consumer: Any, partitions: list[Any]) -> None:
-            """In the consume thread, inside ``consume()``: the worker's coroutine runs on the loop
-            and the partitions move only once it returned."""
+        def assigned(_consumer: Any, partitions: list[Any]) -> None:
+            """In the consume thread, inside ``consume()``: the worker's coroutines run on the loop;
+            partitions lost before are handed over first (see ``lost``)."""
             if self._closing:
                 return
-            if assigning:
-                self._refresh_counts()
-            tps = {(tp.topic, tp.partition) for tp in partitions}
-            self._run_on_loop(callback, tps)
+            if self._lost:
+                lost, self._lost = self._lost, set()
+                self._run_on_loop(on_revoke, lost)
+            self._refresh_counts()
+            self._run_on_loop(on_assign, {(tp.topic, tp.partition) for tp in partitions})
 
-        self.consumer.subscribe(list(self.topics), on_assign=functools.partial(rebalanced, on_assign, True),
-                                on_revoke=functools.partial(rebalanced, on_revoke, False),
-                                on_lost=functools.partial(rebalanced, on_revoke, False))
+        def revoked(_consumer: Any, partitions: list[Any]) -> None:
+            """In the consume thread: the partitions leave only once the worker's coroutine returned."""
+            if self._closing:
+                return
+            tps, self._lost = {(tp.topic, tp.partition) for tp in partitions} | self._lost, set()
+            self._run_on_loop(on_revoke, tps)
+
+        def lost(_consumer: Any, partitions: list[Any]) -> None:
+            """librdkafka declares the assignment lost when it could not reach the group coordinator
+            for the session timeout: a broker outage, as a rule. The worker is told at the next
+            rebalance, with the broker back (as aiokafka revokes on rejoining): telling it now would
+            drop its windows and ledgers in the middle of the outage and make it retry a checkpoint
+            it cannot write inside librdkafka's callback. Meanwhile no message of those partitions
+            is fetched, and the outage shows in the worker's failing sends and commits."""
+            tps = {(tp.topic, tp.partition) for tp in partitions}
+            self._lost |= tps
+            log.warning("the group considers %d partition(s) of this worker lost (no contact with the coordinator "
+                        "for the session timeout); they are handed over at the next rebalance", len(tps))
+
+        self.consumer.subscribe(list(self.topics), on_assign=assigned, on_revoke=revoked, on_lost=lost)
         await self._consume.submit(self._refresh_counts)
 
     def _run_on_loop(self, callback: Rebalance, partitions: set[Partition]) -> None:

@@ -733,7 +733,7 @@ def confluent_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> Kafka
 
     s = settings
     consumer = dict(fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
-                    fetch_bytes_per_partition=s.fetch_bytes_per_partition, prefetch_messages=s.max_batch,
+                    fetch_bytes_per_partition=s.fetch_bytes_per_partition, prefetch_messages=max(1, s.max_batch // 5),
                     session_timeout_s=s.session_timeout_s,
                     request_timeout_s=s.request_timeout_s)
     return ConfluentPort(s.bootstrap, s.group, s.topics.raw_all, security=s.security, consumer_options=consumer,
