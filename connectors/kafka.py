@@ -3,7 +3,9 @@
 Everything that talks to Kafka goes through these factories: kafka-python clients for the
 command line, replay, tail and state reads; aiokafka clients (:func:`async_consumer`,
 :func:`async_producer`, with the group's :func:`copartitioned_assignor`) for the stream worker's
-event loop (:mod:`pipeline.app`). Settings such as ``acks=all`` or "no producer linger" are decided
+aiokafka port (:class:`connectors.port.AiokafkaPort`). The worker's default port, on
+confluent-kafka, keeps its librdkafka settings and error mapping in :mod:`connectors.confluent`
+(:data:`KAFKA_CLIENTS`). Settings such as ``acks=all`` or "no producer linger" are decided
 once. Client errors are mapped to :class:`~pipeline.errors.BrokerError` with one clear line, so the
 command line never prints a traceback for an unreachable broker, a refused login or a denied topic.
 
@@ -191,6 +193,12 @@ class Topics:
         ]
 
 log = logging.getLogger(__name__)
+
+#: The Kafka clients the stream worker's port runs on (``biopriv worker --kafka-client``):
+#: :class:`connectors.confluent.ConfluentPort` and :class:`connectors.port.AiokafkaPort`.
+KAFKA_CLIENTS = ("confluent", "aiokafka")
+#: The worker's default client: librdkafka, chosen by the A/B in benchmarks/results/ab_clients.md.
+KAFKA_CLIENT = "confluent"
 
 
 def project_topics(partitions: int = DEFAULT_PARTITIONS, settings: TopicSettings | None = None) -> list[TopicSpec]:
@@ -390,14 +398,15 @@ class ClientLogMute(logging.Filter):
         return True
 
 
-def mute_client_logs(active: Callable[[], bool], **options: Any) -> ClientLogMute:
-    """Install a :class:`ClientLogMute` on every aiokafka logger (a logger's filter does not
-    apply to its children, so each module's logger gets it); return it."""
-    import aiokafka  # noqa: F401 - its modules create their loggers on import
-
+def mute_client_logs(active: Callable[[], bool], loggers: Sequence[str] | None = None, **options: Any) -> ClientLogMute:
+    """Install a :class:`ClientLogMute` on the named ``loggers`` (default: every aiokafka logger;
+    a logger's filter does not apply to its children, so each module's logger gets it); return it."""
     mute = ClientLogMute(active, **options)
-    names = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
-    for name in names:
+    if loggers is None:
+        import aiokafka  # noqa: F401 - its modules create their loggers on import
+
+        loggers = [n for n in list(logging.Logger.manager.loggerDict) if n == "aiokafka" or n.startswith("aiokafka.")]
+    for name in loggers:
         logging.getLogger(name).addFilter(mute)
     return mute
 

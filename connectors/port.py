@@ -6,11 +6,13 @@ with headers (an acknowledgement to await), read a partition (state records, raw
 windows from), commit offsets, and the few facts the loop and its metrics ask for (beginning
 offsets, partition counts, high watermarks). Partitions are plain ``(topic, partition)`` tuples.
 Every failure is a :class:`~pipeline.errors.BrokerError` (:class:`~pipeline.errors.BrokerUnavailable`
-when transient), mapped by :func:`connectors.kafka.async_error`.
+when transient), mapped by :func:`connectors.kafka.async_error` (aiokafka) or
+:func:`connectors.confluent.confluent_error` (librdkafka).
 
-:class:`AiokafkaPort` is the production port (one aiokafka consumer in the worker's group, one
-aiokafka producer, kafka-python reads in a thread); :class:`connectors.memory.MemoryPort` is the
-in-memory one the worker-loop unit tests run on.
+Two production ports: :class:`connectors.confluent.ConfluentPort` (confluent-kafka, the default)
+and :class:`AiokafkaPort` here (one aiokafka consumer in the worker's group, one aiokafka producer,
+kafka-python reads in a thread; ``biopriv worker --kafka-client aiokafka``).
+:class:`connectors.memory.MemoryPort` is the in-memory one the worker-loop unit tests run on.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 in batches.
 
 :class:`StreamWorker` consumes the three raw topics (``<prefix>raw.eeg|audio|bio``, keyed by device
-id so each device's frames arrive in order on one partition) with an aiokafka consumer in the
-worker's consumer group, takes what one fetch returned (``getmany``), calls the processor for
-every message in partition order and sends what comes back:
+id so each device's frames arrive in order on one partition) through its Kafka port, a consumer in
+the worker's consumer group, takes what one fetch returned (at most ``max_batch`` messages), calls
+the processor for every message in partition order and sends what comes back:
 
 * releases to ``<prefix>private.features`` (key = pseudonym, value = JSON release, header
   ``biopriv-t-release-ns``);
@@ -18,21 +18,25 @@ per-event path (its consumer thread handing each message across threads, the con
 ``Event`` and one acknowledgement per message, one ``Topic.send`` future per release) took 49 %
 of the worker's main thread against 25 % for the processing core, and one worker sustained 390
 frames/s. The Faust app still hosts the worker (process lifecycle, signals, logging, timers), but
-consuming and producing are one aiokafka fetch -> process -> send loop (:mod:`connectors.kafka`
-builds both clients), the shape of the passthrough floor the benchmark compares against. The worker
-sees Kafka only through its port (:class:`connectors.port.KafkaPort`: :class:`~connectors.port.AiokafkaPort`
-in production, :class:`connectors.memory.MemoryPort` in the worker-loop unit tests).
+consuming and producing are one fetch -> process -> send loop, the shape of the passthrough floor
+the benchmark compares against. The worker sees Kafka only through its port
+(:class:`connectors.port.KafkaPort`): :class:`~connectors.confluent.ConfluentPort` (confluent-kafka,
+librdkafka; the default, ``--kafka-client confluent``) or :class:`~connectors.port.AiokafkaPort`
+(aiokafka, ``--kafka-client aiokafka``) in production, chosen by the A/B in
+``benchmarks/results/ab_clients.md``; :class:`connectors.memory.MemoryPort` in the worker-loop unit
+tests.
 
 Latency settings, and why:
 
 * producer linger 0: a release is handed to the broker connection as soon as it exists;
 * a fetch returns once 8 KiB are available or after 5 ms (``fetch_min_bytes``,
-  ``fetch_max_wait_ms``; ``--fetch-min-bytes``, ``--fetch-max-wait-ms``). aiokafka keeps one
-  fetch in flight per broker, and a partition whose records were just consumed is not in it, so
-  the wait bounds how long its next frame can sit at the broker. Answering every frame at once
-  (``fetch_min_bytes=1``) costs a fetch request and response per frame or two, encoded in pure
-  Python: at the standard benchmark load it took the worker from 41 % to 59 % of a core for about
-  1 ms less median latency;
+  ``fetch_max_wait_ms``; ``--fetch-min-bytes``, ``--fetch-max-wait-ms``), for both clients. aiokafka
+  keeps one fetch in flight per broker, and a partition whose records were just consumed is not
+  in it, so the wait bounds how long its next frame can sit at the broker. Answering every frame
+  at once (``fetch_min_bytes=1``) costs a fetch request and response per frame or two, encoded in
+  pure Python: at the standard benchmark load it took the aiokafka worker from 41 % to 59 % of a
+  core for about 1 ms less median latency (librdkafka prefetches every partition in its own
+  threads; ``fetch_min_bytes=1`` was not measured with it);
 * processing yields to the event loop every :data:`YIELD_EVERY_S` (2 ms) of a batch, so the
   producer's sender writes releases out while the rest of the batch is processed.
 * the event loop is uvloop (``--event-loop``): at the standard benchmark load the worker used
@@ -92,6 +96,8 @@ from mode import Service
 from connectors.kafka import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_PARTITIONS,
+    KAFKA_CLIENT,
+    KAFKA_CLIENTS,
     OutRecord,
     Topics,
 )
@@ -99,7 +105,7 @@ from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
 from connectors.security import ClientSecurity
 from pipeline import durability
 from pipeline.durability import Checkpoint
-from pipeline.errors import BrokerError, BrokerUnavailable, StateError
+from pipeline.errors import BrokerError, BrokerUnavailable, ConfigError, StateError
 from pipeline.outage import Delivery, Outage, Stopping, retry, wait_unless_stopping
 from pipeline.processor import DeadLetter, Outcome, Processor
 from pipeline.state import (
@@ -163,13 +169,14 @@ class WorkerSettings:
     data_dir: Path = Path(".biopriv/worker")
     checkpoint_interval_s: float = 1.0
     session_timeout_s: float = 10.0
-    #: Request timeout of the worker's producer and consumer, s (None: the clients' defaults, 15 s
-    #: for the producer and 40 s for the consumer). A send not acknowledged within it has failed.
+    #: Request timeout of the worker's producer and consumer, s (None: 15 s for the producer, the
+    #: client's default for the consumer: 60 s socket timeout for librdkafka, 40 s for aiokafka).
+    #: A send not acknowledged within it has failed.
     request_timeout_s: float | None = None
     state_idle_s: float = 600.0
-    #: Most messages processed per fetched batch (aiokafka ``getmany(max_records=...)``).
+    #: Most messages processed per fetched batch.
     max_batch: int = 500
-    #: Bytes fetched per partition and request (aiokafka ``max_partition_fetch_bytes``).
+    #: Bytes fetched per partition and request (``max.partition.fetch.bytes``).
     fetch_bytes_per_partition: int = 64 * 1024
     #: A fetch returns once this many bytes are available, or after ``fetch_max_wait_ms``.
     fetch_min_bytes: int = 8192
@@ -178,6 +185,10 @@ class WorkerSettings:
     device_idle_s: float = 600.0
     #: ``uvloop`` (libuv event loop) or ``asyncio`` (the standard library's).
     event_loop: str = "uvloop"
+    #: The Kafka client behind the worker's port: ``confluent`` (librdkafka,
+    #: :class:`~connectors.confluent.ConfluentPort`) or ``aiokafka`` (:class:`~connectors.port.AiokafkaPort`).
+    #: Every worker of a group uses the same client (their assignors differ).
+    kafka_client: str = KAFKA_CLIENT
     #: Port of the worker's web server (``/metrics``, ``/healthz``, ``/readyz``); 0 disables it.
     web_port: int = 0
     web_host: str = "0.0.0.0"
@@ -240,8 +251,8 @@ class StreamWorker(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.processor = processor
-        #: Kafka as the worker sees it (:mod:`connectors.port`); default: aiokafka clients built from the settings.
-        self.port: KafkaPort = port if port is not None else aiokafka_port(settings, lambda: self.outage.active)
+        #: Kafka as the worker sees it (:mod:`connectors.port`); default: the clients of ``settings.kafka_client``.
+        self.port: KafkaPort = port if port is not None else kafka_port(settings, lambda: self.outage.active)
         self.tracker = ResumeTracker(processor.history_frames, idle_s=settings.state_idle_s)
         #: Held while a batch is processed, and by revocation and eviction, which change the state.
         self.lock = asyncio.Lock()
@@ -707,8 +718,30 @@ class _App(faust.App):
         return deps + [self.stream_worker] if self.stream_worker is not None else deps
 
 
+def kafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> KafkaPort:
+    """The production port of ``settings.kafka_client`` (:data:`KAFKA_CLIENTS`)."""
+    if settings.kafka_client == "confluent":
+        return confluent_port(settings, quiet)
+    if settings.kafka_client == "aiokafka":
+        return aiokafka_port(settings, quiet)
+    raise ConfigError(f"kafka client must be one of {', '.join(KAFKA_CLIENTS)}, got {settings.kafka_client!r}")
+
+
+def confluent_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> KafkaPort:
+    """The port on confluent-kafka (librdkafka) with the settings' fetch, session and request timeouts."""
+    from connectors.confluent import ConfluentPort
+
+    s = settings
+    consumer = dict(fetch_min_bytes=s.fetch_min_bytes, fetch_max_wait_ms=s.fetch_max_wait_ms,
+                    fetch_bytes_per_partition=s.fetch_bytes_per_partition, prefetch_messages=max(1, s.max_batch // 5),
+                    session_timeout_s=s.session_timeout_s,
+                    request_timeout_s=s.request_timeout_s)
+    return ConfluentPort(s.bootstrap, s.group, s.topics.raw_all, security=s.security, consumer_options=consumer,
+                         producer_options={"request_timeout_s": s.request_timeout_s}, quiet=quiet)
+
+
 def aiokafka_port(settings: WorkerSettings, quiet: Callable[[], bool]) -> AiokafkaPort:
-    """The production port: aiokafka clients with the settings' fetch, session and request timeouts."""
+    """The port on aiokafka clients with the settings' fetch, session and request timeouts."""
     s = settings
     timeout = {} if s.request_timeout_s is None else {"request_timeout_ms": int(s.request_timeout_s * 1000)}
     consumer = dict(max_partition_fetch_bytes=s.fetch_bytes_per_partition, fetch_min_bytes=s.fetch_min_bytes,
@@ -768,7 +801,8 @@ def run_worker(settings: WorkerSettings, loglevel: str = "info") -> None:
     processor = build_processor(settings)
     app, _ = create_app(settings, processor)
     started = time.monotonic()
-    log.info("worker %s consuming %s from %s", settings.group, ", ".join(settings.topics.raw_all), settings.bootstrap)
+    log.info("worker %s consuming %s from %s (Kafka client: %s)", settings.group, ", ".join(settings.topics.raw_all),
+             settings.bootstrap, settings.kafka_client)
     worker = Worker(app, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()

@@ -269,6 +269,10 @@ def cpu_s(pid: int) -> float:
 # -- one system ---------------------------------------------------------------------------------
 
 
+#: ``--kafka-client`` of the pipeline worker (None: the worker's default).
+KAFKA_CLIENT: list[str | None] = [None]
+
+
 def system_command(system: str, bootstrap: str, group: str, prefix: str, key_file: Path, data_dir: Path,
                    profile_out: Path | None) -> list[str]:
     from connectors.kafka import Topics
@@ -278,6 +282,8 @@ def system_command(system: str, bootstrap: str, group: str, prefix: str, key_fil
         base = ["-m", "pipeline.cli", "worker", "--bootstrap", bootstrap, "--group", group, "--topic-prefix", prefix,
                 "--partitions", "6", "--per-window", "--latency-headers", "--key-file", str(key_file), "--data-dir", str(data_dir), "--stats-interval", "1",
                 "--log-level", "info"]
+        if KAFKA_CLIENT[0] is not None:
+            base += ["--kafka-client", KAFKA_CLIENT[0]]
         if profile_out is not None:
             return [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_out), *base]
         return [PY, *base]
@@ -736,6 +742,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def kafka_client_default() -> str:
+    """The worker's Kafka client when ``--kafka-client`` is not given."""
+    from connectors.kafka import KAFKA_CLIENT as default
+
+    return os.environ.get("BIOPRIV_KAFKA_CLIENT") or default
+
+
 def code_under_test() -> dict[str, Any]:
     """Git commit and the uncommitted files under pipeline/ and connectors/ (the worker runs from the tree)."""
     out: dict[str, Any] = {"git_head": None, "uncommitted": []}
@@ -933,6 +946,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"faust-streaming {m['faust_streaming']}, aiokafka {m['aiokafka']}"
         + (f", quixstreams {m['quixstreams']} (librdkafka {m['librdkafka']})" if "quixstreams" in m else "")
         + f"; Kafka {m['kafka_broker']} KRaft on the same host  ",
+        f"Pipeline worker's Kafka client: {doc.get('pipeline_kafka_client', 'aiokafka')}  ",
         f"Load average (1, 5, 15 min) before / after: {doc['load_average_before']} / {doc['load_average_after']}  ",
         f"Date: {doc['date']}; run {doc['run_id']}; {'short' if doc['short'] else 'full'} run; code: git "
         f"{doc['code_under_test']['git_head']}"
@@ -1071,6 +1085,8 @@ def main() -> int:
     ap.add_argument("--private-broker", type=int, metavar="PORT", default=None,
                     help="run on a broker of our own on PORT (started and stopped with deploy/kafka/local.sh), "
                          "isolated from restarts of the shared one by other users")
+    ap.add_argument("--kafka-client", choices=["aiokafka", "confluent"], default=None,
+                    help="Kafka client of the pipeline worker (biopriv worker --kafka-client; default: the worker's)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite latest.md from latest.json and profile_worker.txt (no measurement)")
@@ -1104,6 +1120,7 @@ def main() -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     wl = load_workload(args.workload, args.short)
+    KAFKA_CLIENT[0] = args.kafka_client
     if args.duration is not None:
         ph = wl.phases[0]
         shift = args.duration - (ph.end_s - ph.measure_from_s)
@@ -1251,6 +1268,7 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "run_id": run_id,
         "short": args.short,
+        "pipeline_kafka_client": args.kafka_client or kafka_client_default(),
         "wall_s": round(time.monotonic() - t_all, 1),
         "machine": machine(),
         "code_under_test": code_state,

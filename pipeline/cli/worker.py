@@ -1,12 +1,13 @@
-"""``biopriv worker``: run a stream worker (a faust-streaming app, batched aiokafka I/O) against the broker."""
+"""``biopriv worker``: run a stream worker (a faust-streaming app, batched Kafka I/O through confluent-kafka or aiokafka) against the broker."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
-from connectors.kafka import DEFAULT_PARTITIONS, DEFAULT_PREFIX
+from connectors.kafka import DEFAULT_PARTITIONS, DEFAULT_PREFIX, KAFKA_CLIENT, KAFKA_CLIENTS
 from pipeline.cli.options import add_client_options, add_topic_options, client_options, topic_settings
 
 
@@ -40,13 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, default=Path(".biopriv/worker"), help="worker data directory (default %(default)s)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between state checkpoints (ledger + resume offsets) to <prefix>state (default %(default)s)")
     p.add_argument("--session-timeout", type=float, default=10.0, help="consumer group session timeout, s: how fast a dead worker's partitions move (default %(default)s)")
-    p.add_argument("--request-timeout", type=float, default=None, metavar="S", help="request timeout of the worker's producer and consumer, s: a send not acknowledged within it has failed and is retried with backoff (default: 15 for the producer, 40 for the consumer)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="S", help="request timeout of the worker's producer and consumer, s: a send not acknowledged within it has failed and is retried with backoff (default: 15 for the producer; the consumer's client default, 60 for confluent-kafka's socket timeout, 40 for aiokafka)")
     p.add_argument("--device-idle", type=float, default=600.0, help="evict the window buffers of a device without a frame for this many seconds; its window grid and budget are kept (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=500, help="most messages processed per fetched batch (default %(default)s): bounds memory and how long a flooding partition delays the others")
     p.add_argument("--fetch-bytes", type=int, default=64 * 1024, help="bytes fetched per partition and request (default %(default)s); larger favours throughput of tiny messages over fairness")
     p.add_argument("--fetch-min-bytes", type=int, default=8192, help="a fetch returns once this many bytes are ready (default %(default)s); 1 answers every frame at once, for more worker CPU")
     p.add_argument("--fetch-max-wait-ms", type=int, default=5, help="... or after this many ms (default %(default)s): the most a frame waits at a quiet broker")
     p.add_argument("--event-loop", default="uvloop", choices=["uvloop", "asyncio"], help="event loop of the worker (default %(default)s: libuv, less CPU per message than asyncio's own)")
+    p.add_argument("--kafka-client", default=os.environ.get("BIOPRIV_KAFKA_CLIENT") or KAFKA_CLIENT, choices=list(KAFKA_CLIENTS), help=f"Kafka client of the worker's fetch and send loop: confluent (librdkafka) or aiokafka (default $BIOPRIV_KAFKA_CLIENT, else {KAFKA_CLIENT}; every worker of a group uses the same one)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         event_loop=args.event_loop,
+        kafka_client=args.kafka_client,
         web_port=args.web_port,
         web_host=args.web_host,
     )
