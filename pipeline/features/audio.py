@@ -35,7 +35,9 @@ autocorrelation peaks above :data:`VOICED_MIN_CORR` at a lag corresponding to 70
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.fft
@@ -44,6 +46,8 @@ import webrtcvad
 
 from pipeline.features.spec import FeatureSpec
 from pipeline.windows import WindowCache
+
+B = TypeVar("B")
 
 __all__ = ["AudioExtractor", "SUBFRAME_S", "VAD_FRAME_S", "VAD_MODE", "vad_decisions"]
 
@@ -314,17 +318,7 @@ class AudioExtractor:
         n_len, n_hop = (cache.n_length, cache.n_hop) if cache is not None else (x.size, 0)
         if cache is None or n_len != x.size or n_hop % n_sub or n_len % n_hop or n_hop == n_len:
             return _rows(x, plan, rate, vad_block=max(1, int(round(VAD_BLOCK_S * rate))))
-        store: dict[int, _Rows] = cache.store.setdefault(("mic", rate), {})
-        if store and min(store) < start:  # windows of a segment only move forward
-            for k in [k for k in store if k < start]:
-                del store[k]
-        blocks = []
-        for j in range(n_len // n_hop):
-            pos = start + j * n_hop
-            b = store.get(pos)
-            if b is None:
-                b = store[pos] = _rows(x[j * n_hop : (j + 1) * n_hop], plan, rate)
-            blocks.append(b)
+        blocks = _cached_blocks(cache, ("mic", rate), x, start, lambda block: _rows(block, plan, rate))
         return _Rows(
             np.concatenate([b.power for b in blocks]), np.concatenate([b.mfcc for b in blocks]),
             np.concatenate([b.vad for b in blocks]), np.concatenate([b.f0 for b in blocks]),
@@ -340,18 +334,27 @@ class AudioExtractor:
         if cache is None or n_len != x.size or n_hop % plan.n_sub or n_len % n_hop or n_hop == n_len:
             block = max(1, int(round(VAD_BLOCK_S * rate)))
             return np.concatenate([vad_decisions(x[i : i + block], rate) for i in range(0, x.size, block)])
-        store: dict[int, np.ndarray] = cache.store.setdefault(("mic-vad", rate), {})
-        if store and min(store) < start:  # windows of a segment only move forward
-            for k in [k for k in store if k < start]:
-                del store[k]
-        blocks = []
-        for j in range(n_len // n_hop):
-            pos = start + j * n_hop
-            b = store.get(pos)
-            if b is None:
-                b = store[pos] = vad_decisions(x[j * n_hop : (j + 1) * n_hop], rate)
-            blocks.append(b)
-        return np.concatenate(blocks)
+        return np.concatenate(_cached_blocks(cache, ("mic-vad", rate), x, start, lambda block: vad_decisions(block, rate)))
+
+
+def _cached_blocks(cache: WindowCache, key: tuple[str, float], x: np.ndarray, start: int,
+                   compute: Callable[[np.ndarray], B]) -> list[B]:
+    """``compute`` of each hop-long block of the window ``x`` (segment position ``start``), from
+    ``cache.store[key]`` by segment position where an earlier window computed it; positions
+    before ``start`` are dropped (windows of a segment only move forward)."""
+    store: dict[int, B] = cache.store.setdefault(key, {})
+    if store and min(store) < start:
+        for k in [k for k in store if k < start]:
+            del store[k]
+    n_hop = cache.n_hop
+    blocks = []
+    for j in range(cache.n_length // n_hop):
+        pos = start + j * n_hop
+        b = store.get(pos)
+        if b is None:
+            b = store[pos] = compute(x[j * n_hop : (j + 1) * n_hop])
+        blocks.append(b)
+    return blocks
 
 
 #: Features :meth:`AudioExtractor.compute` gives without the per-sub-frame spectra.
