@@ -2,8 +2,9 @@
 
 Cohort: segments of the shared real recordings (``../shared/data``) as devices; a device's report
 value is the mean of a block of consecutive windows computed by the pipeline's own feature code
-(``connectors.cohort``). Each simulated day is privatized through the study's release plan under
-the engine's noise identities and aggregated from the published records alone
+(``connectors.cohort``). Each simulated day is privatized through the study's release plan (the
+utility grid on generator words, below; the attacks under the engine's noise identities) and
+aggregated from the published records alone
 (``pipeline.evaluation``, ``pipeline.aggregate``); the truth is the non-private mean of the same
 values. The default study is rescaled to each daily epsilon (every set keeps its share).
 

@@ -74,8 +74,9 @@ def report_md(r: dict[str, Any]) -> str:
         f"`{r['command']}` on {m.get('cpu', '?')} ({m.get('cores', '?')} cores, load {m.get('loadavg_1_5_15')}), "
         f"{r['date']}, {r['seconds']} s. Cohort: segments of the shared real recordings as devices (each report: "
         "the mean of a block of real windows, `connectors.cohort`), one report per device per set and day (population "
-        "division), privatized by the study's release plan under the engine's noise identities and aggregated from the "
-        "published records alone (`pipeline.evaluation`, `pipeline.aggregate`). Truth: the non-private mean of the same "
+        "division), privatized by the study's release plan (the utility grid: the plan's mechanism code on words from a "
+        "seeded generator, `Simulator.day_estimates_fast`, which a KS test in `tests/unit/test_plan.py` matches to the "
+        "engine's path; the attacks: under the engine's noise identities) and aggregated from the published records alone (`pipeline.evaluation`, `pipeline.aggregate`). Truth: the non-private mean of the same "
         f"values. The default study is rescaled to each daily epsilon (each set keeps its share). Runs: {runs}. "
         "Skin temperature has no shared recording.",
         "",
