@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from connectors.kafka import OutRecord, mute_client_logs, read_partition
-from connectors.port import Message, Partition, Rebalance, Stored
+from connectors.port import Message, Partition, Rebalance, Stored, _retrieved
 from connectors.security import ClientSecurity
 from pipeline.errors import BrokerError, BrokerUnavailable
 
@@ -508,9 +508,3 @@ def _acknowledge(acks: list[tuple[asyncio.Future[Any], Any]]) -> None:
             ack.set_result(None)
         else:
             ack.set_exception(KafkaException(err))
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Done callback: the outcome of a future is looked at (asyncio logs unretrieved exceptions)."""
-    if not future.cancelled():
-        future.exception()
