@@ -259,7 +259,9 @@ def present_point(v: Any, share: Any, fallback: float, bounds: tuple[float, floa
 def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, confidence: float = 0.95,
                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> Estimate:
     """Mean over the devices with a value: ``(v - (1 - p) c) / p`` clipped to ``bounds``
-    (:func:`present_point`), with its delta-method variance (``bits`` None: the plain mean of the released values, with a symmetric normal interval).
+    (:func:`present_point`), with its delta-method variance. ``bits`` None (per-window releases,
+    no presence bit): the plain mean of the released values and its symmetric normal interval,
+    both clipped to ``bounds`` (the truth lies within them, so clipping never uncovers it).
 
     With presence bits the interval is Fieller's for the ratio ``(v - c) / p`` (numerator and
     denominator estimated from independent noise), intersected with ``bounds`` (the feature's
@@ -278,7 +280,9 @@ def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, 
     z = _z(confidence)
     if bits is None:
         half = z * math.sqrt(var_v)
-        return Estimate(v, var_v, v - half, v + half, values.n, confidence)
+        lo, hi = bounds
+        return Estimate(min(max(v, lo), hi), var_v, min(max(v - half, lo), hi), min(max(v + half, lo), hi),
+                        values.n, confidence)
     share, var_p = bits.share_and_variance()
     if share <= 0.0:
         raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")

@@ -121,6 +121,13 @@ def test_estimate_is_clipped_to_the_bounds() -> None:
         bits.add(b)
     est = present_mean(values, bits, 110.0, bounds=(40.0, 180.0))
     assert 40.0 <= est.value <= 180.0 and est.ci_low <= est.value <= est.ci_high
+    # per-window releases carry no presence bit: the plain mean and its interval are clipped too
+    wild = ValueStats()
+    for v in (1900.0, -300.0, 1700.0):
+        wild.add(v)
+    plain = present_mean(wild, None, 110.0, bounds=(40.0, 180.0))
+    assert (plain.value, plain.ci_high) == (180.0, 180.0) and 40.0 <= plain.ci_low < 180.0
+    assert present_mean(wild, None, 110.0).value == pytest.approx(1100.0)  # no bounds: unclipped
 
 
 def test_fast_path_draws_what_the_engines_path_draws() -> None:
