@@ -47,7 +47,7 @@ from benchmarks.machine import cpu_model, load_average  # noqa: E402
 from connectors.cohort import block_means, cohort, window_values  # noqa: E402
 from pipeline.attacks import attack_summary, attack_trials  # noqa: E402
 from pipeline.evaluation import Simulator, truth_mean  # noqa: E402
-from pipeline.plan import predict  # noqa: E402
+from pipeline.plan import MC_SEED, predict  # noqa: E402
 from pipeline.privacy import KeyRing  # noqa: E402
 from pipeline.study import DEFAULT_STUDY, Study, from_mapping  # noqa: E402
 
@@ -55,7 +55,9 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: cohort size -> runs (full, --quick)
-RUNS = {100: (1500, 200), 1000: (1000, 100), 10_000: (200, 0)}
+RUNS = {100: (4000, 200), 1000: (4000, 100), 10_000: (2000, 0)}
+#: extra seeds of the planner's Monte Carlo: its own sampling error (relative sd) per row
+PLANNER_SEEDS = 4
 #: the measured half-width: this quantile of |estimate - truth| over the runs with an estimate
 QUANTILE = 0.95
 ATTACK_DEVICES, ATTACK_TRIALS = 100, (300, 60)
@@ -105,6 +107,13 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
         spread.update(zip(feats, np.nanstd(big, axis=0).tolist(), strict=True))
     plans = {(e, n): {p["feature"]: p for p in predict(studies[e], n, expected, spread)}
              for e in EPSILONS for n in sizes}
+    # the same prediction under other seeds: the Monte Carlo's own relative sd
+    reseeded: dict[tuple[float, int, str], list[float]] = {}
+    for e in EPSILONS:
+        for n in sizes:
+            for k in range(1, PLANNER_SEEDS + 1):
+                for p in predict(studies[e], n, expected, spread, seed=MC_SEED + 1000 * k):
+                    reseeded.setdefault((e, n, p["feature"]), []).append(p["half_width_day"])
     bar = tqdm(total=sum(n * r for n, r in sizes.items()) * len(names), desc="utility", unit="device-day",
                file=sys.stderr, dynamic_ncols=True)
     rows = []
@@ -134,6 +143,7 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
                     ok = np.isfinite(err[e][:, i])
                     rmse = float(np.sqrt(np.mean(err[e][ok, i] ** 2))) if ok.any() else math.nan
                     predicted = plan[f.name]["half_width_day"]
+                    seeds = np.array([predicted, *reseeded[(e, n, f.name)]])
                     measured, m_lo, m_hi = quantile_ci(np.abs(err[e][ok, i]))
                     rows.append({
                         "feature_set": name, "feature": f.name, "epsilon_per_day": e, "devices": n, "runs": runs,
@@ -147,6 +157,7 @@ def utility(sources: dict[str, list[np.ndarray]], sizes: dict[int, int], seed: i
                         "ratio": predicted / measured if measured > 0 else math.nan,
                         "ratio_ci95": [predicted / m_hi if m_hi > 0 else math.nan, predicted / m_lo if m_lo > 0 else math.inf],
                         "share_sd": plan[f.name]["share_sd_day"],
+                        "planner_mc_rsd": float(seeds.std(ddof=1) / seeds.mean()),
                     })
     bar.close()
     return rows

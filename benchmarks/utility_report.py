@@ -64,6 +64,22 @@ def plots(r: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def _mc_sd(row: dict[str, Any]) -> str:
+    rsd = row.get("planner_mc_rsd")
+    return "n/a" if rsd is None or not math.isfinite(rsd) else f"{100 * rsd:.1f} %"
+
+
+def _mc_summary(rows: list[dict[str, Any]]) -> str:
+    """One sentence on the planner's own Monte Carlo error (rows of results without it: nothing)."""
+    rsd = sorted((x["planner_mc_rsd"], x["feature"], x["epsilon_per_day"], x["devices"]) for x in rows
+                 if math.isfinite(x.get("planner_mc_rsd", math.nan)))
+    if not rsd:
+        return ""
+    med, (top, f, e, n) = rsd[len(rsd) // 2][0], rsd[-1]
+    return (f" The planner's own Monte Carlo error (relative sd of its half-width over 5 seeds): median "
+            f"{100 * med:.2f} %, largest {100 * top:.2f} % ({f}, {e:g} eps/day, {n:,} devices).")
+
+
 def report_md(r: dict[str, Any]) -> str:
     m = r["machine"]
     rows = r["utility"]
@@ -90,7 +106,7 @@ def report_md(r: dict[str, Any]) -> str:
         "interval centred on the estimate needs (1.96 x RMSE when the error is normal; the estimate is clipped to the "
         "bounds, `present_point`), with its distribution-free 95 % CI from order statistics. Planner +- = "
         "`pipeline.plan.predict` at the population's mean and sd (`spread`; the same quantile by a seeded Monte Carlo of the "
-        f"aggregator's estimator, {MC_RUNS} simulated days: its own relative sd about 1.5 %, not in the CI). "
+        f"aggregator's estimator, {MC_RUNS:,} simulated days; MC sd = its own relative sd over 5 seeds, not in the CI). "
         f"Ratio = planner / measured with the CI that the measurement's CI gives; **flag** when the ratio is off by "
         f"more than {TOLERANCE:.0%}. Estimated/runs: the runs with an estimate (the aggregator gives none while the "
         "estimated presence share is not positive), the planner's predicted share in brackets. share sd = the "
@@ -101,8 +117,8 @@ def report_md(r: dict[str, Any]) -> str:
         "bounds: asymmetric, cut at a bound).",
         "",
         "| feature | bounds | eps/day | eps/report | mechanism | devices | estimated/runs (planner) | RMSE | bias | coverage | "
-        "reported +- | measured +- (95 % CI) | planner +- | delta +- | ratio (95 % CI) | share sd |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "reported +- | measured +- (95 % CI) | planner +- | MC sd | delta +- | ratio (95 % CI) | share sd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     within = verified = off = 0
     logs: list[float] = []
@@ -121,7 +137,7 @@ def report_md(r: dict[str, Any]) -> str:
             f"{x['epsilon_per_report']:.3g} | {x['mechanism']} | {x['devices']:,} | {x['estimated']}/{x['runs']} "
             f"({x['planner_estimated_share']:.2f}) | {_f(x['rmse'])} | {_f(x['bias'], 2)} | {x['coverage']:.3f} | "
             f"{_f(x['reported_half_width'])} | {_f(x['measured_half_width'])} ({_f(m_lo)}-{_f(m_hi)}) | "
-            f"{_f(x['planner_half_width'])} | {_f(x['delta_half_width'])} | {'**' if flag else ''}{_f(ratio)}"
+            f"{_f(x['planner_half_width'])} | {_mc_sd(x)} | {_f(x['delta_half_width'])} | {'**' if flag else ''}{_f(ratio)}"
             f"{'**' if flag else ''} ({_f(r_lo)}-{_f(r_hi)}) | {x['share_sd']:.2f} |"
         )
     pooled = math.exp(sum(logs) / len(logs)) if logs else math.nan
@@ -130,7 +146,7 @@ def report_md(r: dict[str, Any]) -> str:
     lines += ["", f"{within} of {len(rows)} rows have the planner within {TOLERANCE:.0%} of the measured half-width; "
               f"in {verified} the ratio's 95 % CI lies inside {1 - TOLERANCE:g}-{1 + TOLERANCE:g} (verified), in {off} it "
               f"lies entirely outside (significantly off). Lowest and highest ratios: {worst}. Geometric mean of the "
-              f"ratios: {_f(pooled)}.", ""]
+              f"ratios: {_f(pooled)}.{_mc_summary(rows)}", ""]
     if "attacks" in r:
         a = r["attacks"]
         lines += [
