@@ -61,7 +61,6 @@ PLANNER_SEEDS = 4
 #: the measured half-width: this quantile of |estimate - truth| over the runs with an estimate
 QUANTILE = 0.95
 ATTACK_DEVICES, ATTACK_TRIALS = 100, (300, 60)
-Z95 = 1.959963984540054
 
 
 def study_at(epsilon_per_day: float) -> Study:

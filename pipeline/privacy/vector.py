@@ -352,10 +352,10 @@ class ReleasePlan:
         independent uniform words. ``buf`` is overwritten."""
         n, d = len(buf), self.d
         if values.shape != (n, d) or buf.shape != (n, self.words):
-            raise PrivacyError(f"{self.feature_set!r}: apply_many needs values of shape ({n}, {d}) and words of shape "
+            raise PrivacyError(f"{self.feature_set!r}: privatizing {n} reports at once needs values of shape ({n}, {d}) and words of shape "
                                f"({n}, {self.words}), got {values.shape} and {buf.shape}")
         if any(impl.name == "gaussian" for impl, _, _ in self.groups):
-            raise PrivacyError(f"{self.feature_set!r}: apply_many does not support the gaussian mechanism")
+            raise PrivacyError(f"{self.feature_set!r}: apply_many and apply_words do not support the gaussian mechanism")
         x = np.array(values if self._perm is None else values[:, self._perm], dtype=np.float64)
         np.maximum(x, self.lo, out=x)
         np.minimum(x, self.hi, out=x)
