@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import signal
 import subprocess
@@ -264,10 +265,16 @@ def _print_estimates(estimates: list[dict[str, Any]], recordings: list[Any]) -> 
     print(f"  {'feature':<14} {'private estimate [95 % interval]':<40} {'non-private':>11}  reports")
     for name in SUMMARY_FEATURES:
         e, t = by_feature.get(name), truth.get(name)
-        if e is None or not t:
+        if not t:
+            continue
+        mean = sum(t) / len(t)
+        if e is None:  # too few reports, or an interval that does not meet the bounds
+            print(f"  {name:<14} {'no estimate from these releases':<42}{mean:>11.4g}")
+            note = too_wide_note(study, name, math.inf, mean)
+            if note is not None:
+                print(f"  {'':<14} {note}")
             continue
         lo, hi = e["ci95"]
-        mean = sum(t) / len(t)
         line = f"  {name:<14} {e['estimate']:>10.4g} [{lo:.4g}, {hi:.4g}]".ljust(57) + f"{mean:>11.4g}  {e['reports']}"
         print(line)
         note = too_wide_note(study, name, (hi - lo) / 2, mean)

@@ -261,7 +261,8 @@ def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, 
     """Mean over the devices with a value: ``(v - (1 - p) c) / p`` clipped to ``bounds``
     (:func:`present_point`), with its delta-method variance. ``bits`` None (per-window releases,
     no presence bit): the plain mean of the released values and its symmetric normal interval,
-    both clipped to ``bounds`` (the truth lies within them, so clipping never uncovers it).
+    both clipped to ``bounds`` (the truth lies within them, so clipping never uncovers it); no
+    estimate when that interval lies entirely outside them.
 
     With presence bits the interval is Fieller's for the ratio ``(v - c) / p`` (numerator and
     denominator estimated from independent noise), intersected with ``bounds`` (the feature's
@@ -274,15 +275,16 @@ def present_mean(values: ValueStats, bits: BitStats | None, fallback: float, *, 
     ------
     PrivacyError
         If the share is not positive, or the interval is unbounded (the share is not significantly
-        above zero) and ``bounds`` are infinite.
+        above zero) and ``bounds`` are infinite, or the interval does not meet ``bounds``.
     """
     v, var_v = values.mean_and_variance()
     z = _z(confidence)
     if bits is None:
         half = z * math.sqrt(var_v)
         lo, hi = bounds
-        return Estimate(min(max(v, lo), hi), var_v, min(max(v - half, lo), hi), min(max(v + half, lo), hi),
-                        values.n, confidence)
+        if v + half < lo or v - half > hi:  # as Fieller's below: no interval within the bounds
+            raise PrivacyError("the confidence interval of the mean does not meet the bounds")
+        return Estimate(min(max(v, lo), hi), var_v, max(v - half, lo), min(v + half, hi), values.n, confidence)
     share, var_p = bits.share_and_variance()
     if share <= 0.0:
         raise PrivacyError(f"the estimated share of devices with a value is not positive ({share:.3g})")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pipeline.errors import PrivacyError
 from pipeline.evaluation import Simulator
 from pipeline.plan import delta_half_width, devices_for, error_quantile, predict
 from pipeline.privacy import KeyRing
@@ -128,6 +129,11 @@ def test_estimate_is_clipped_to_the_bounds() -> None:
     plain = present_mean(wild, None, 110.0, bounds=(40.0, 180.0))
     assert (plain.value, plain.ci_high) == (180.0, 180.0) and 40.0 <= plain.ci_low < 180.0
     assert present_mean(wild, None, 110.0).value == pytest.approx(1100.0)  # no bounds: unclipped
+    low = ValueStats()
+    for v in (-900.0, -910.0, -905.0):
+        low.add(v)
+    with pytest.raises(PrivacyError, match="does not meet the bounds"):  # an interval [40, 40] would claim certainty
+        present_mean(low, None, 110.0, bounds=(40.0, 180.0))
 
 
 def test_fast_path_draws_what_the_engines_path_draws() -> None:
