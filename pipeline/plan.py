@@ -43,9 +43,9 @@ Z95 = 1.959963984540054
 #: An interval is useful when its half-width is at most this share of the feature's bounds' range.
 USEFUL_SHARE = 0.05
 #: Simulated days per prediction: the 95 % quantile's relative sampling error is about 0.5 % for
-#: normal errors (sd ``sqrt(0.05 * 0.95 / R) / (2 phi(1.96) 1.96)``) and about 1 % where the share
+#: normal errors (sd ``sqrt(0.05 * 0.95 / R) / (2 phi(1.96) 1.96)``) and 1-2.5 % where the share
 #: is poorly estimated and the quantile lies in a thin heavy tail near the clipped estimate's atom at
-#: a bound (measured over seeds, ``benchmarks/results/utility.md``); 4,000 days left 3-4 % there.
+#: a bound (measured over 5 seeds, ``benchmarks/results/utility.md``); 4,000 days left 3-4 % there.
 #: About 30 ms per feature and period.
 MC_RUNS = 40_000
 #: The Monte Carlo's seed: a prediction is a deterministic function of the study.
