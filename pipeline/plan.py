@@ -9,7 +9,8 @@ of reports that carry the feature's value and its presence bit (scheduling, repo
 k-of-d sampling), the sum of the released values drawn from the mechanism's exact output
 distribution (:data:`EXACT_SUM`) at the expected true value (``expected``; default the midpoint of the bounds, the
 worst case for Duchi and Piecewise; optionally with a ``spread`` across devices), the presence
-bits' count of ones (every device present),
+bits' count of ones (a share ``present`` of the devices with a value, default all; the others
+release the fallback),
 then :func:`~pipeline.privacy.estimators.debiased_share` and
 :func:`~pipeline.privacy.estimators.present_point`, the functions :class:`~pipeline.aggregate.Aggregator`
 uses. Noise draws only: no feature values, so a study takes well under a second.
@@ -53,9 +54,10 @@ MC_SEED = 20261202
 
 
 def _per_report(study: Study, set_name: str, expected: dict[str, float],
-                spread: dict[str, float] | None = None) -> list[dict[str, Any]]:
+                spread: dict[str, float] | None = None, present: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Per feature of the set: what one report contributes (variance of its value and presence
-    bit, noise descriptors) and how reports carry the feature (k-of-d sampling)."""
+    bit, noise descriptors), how reports carry the feature (k-of-d sampling) and the share of
+    devices with a value (``present``, default 1)."""
     from pipeline.privacy.vector import ReleasePlan
 
     s = study.sets[set_name]
@@ -69,12 +71,18 @@ def _per_report(study: Study, set_name: str, expected: dict[str, float],
         n, b = desc[f.name], desc[f"{f.name}.present"]
         c = (f.spec.lower + f.spec.upper) / 2.0
         x = min(max(expected.get(f.name, c), f.spec.lower), f.spec.upper)
-        var_v = float(mechanism_variance(n["mechanism"], n["epsilon"], n["lower"], n["upper"], x, n["grid_steps"],
-                                         n.get("sigma_steps")))
+        pi = _share_present(f.name, (present or {}).get(f.name, 1.0))
+
+        def var_m(at: float, n: dict[str, Any] = n) -> float:
+            return float(mechanism_variance(n["mechanism"], n["epsilon"], n["lower"], n["upper"], at, n["grid_steps"],
+                                            n.get("sigma_steps")))
+
+        # the noise of a released value: the device's (share pi of the reports) or the fallback c
+        var_v = pi * var_m(x) + (1.0 - pi) * var_m(c)
         p, q = (float(a) for a in mech.grr_probs(b["epsilon"], 2))
-        var_bit = p * (1 - p) / (p - q) ** 2  # one presence bit, every device present
+        var_bit = (pi * p * (1 - p) + (1.0 - pi) * q * (1 - q)) / (p - q) ** 2  # one bit's, debiased
         both = 1.0 if k >= d else k * (k - 1) / (d * (d - 1))  # a report carries the value and its bit
-        out.append({"feature": f.name, "var_value": var_v, "var_bit": var_bit, "fallback_gap": x - c,
+        out.append({"feature": f.name, "var_value": var_v, "var_bit": var_bit, "fallback_gap": x - c, "present": pi,
                     "share": share, "both": both, "mechanism": n["mechanism"], "epsilon": n["epsilon"],
                     "noise": n, "bit_epsilon": float(b["epsilon"]), "x": x, "fallback": c,
                     "spread": abs(float((spread or {}).get(f.name, 0.0))),
@@ -87,8 +95,23 @@ def delta_half_width(row: dict[str, Any], reports: float) -> float:
     n = reports * row["share"]
     if n < 2:
         return math.inf
-    var = (row["var_value"] + row["fallback_gap"] ** 2 * row["var_bit"]) / n
-    return Z95 * math.sqrt(var)
+    return Z95 * math.sqrt(_delta_var(row) / n)
+
+
+def _delta_var(row: dict[str, Any]) -> float:
+    """One report's contribution to the variance of ``mu = (v - (1 - p) c) / p`` (delta method):
+    ``(var_v + (x - c)^2 (var_p + 2 p (1 - p) (s - both) / s)) / p^2``; the last term is the
+    chance that the reports carrying the value and those carrying the bit hold different shares of
+    devices with a value (k-of-d sampling: a share ``s`` of reports carries each, ``both`` both)."""
+    pi, s = row["present"], row["share"]
+    mix = 2.0 * pi * (1.0 - pi) * (s - row["both"]) / s
+    return (row["var_value"] + row["fallback_gap"] ** 2 * (row["var_bit"] + mix)) / pi**2
+
+
+def _share_present(feature: str, share: float) -> float:
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"the share of devices with a value of {feature} must be in (0, 1], got {share:g}")
+    return float(share)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,7 +164,8 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     simulated day. Each day: the reports carrying the value and the bit (multinomial over
     both / value only / bit only / neither under k-of-d sampling), the sum of the released values
     (draws from the mechanism's exact output distribution at ``x``, the devices' values being iid; beyond :data:`EXACT_SUM` values of a mechanism with more than two outputs,
-    the normal law with the release's exact mean and variance), the bits' ones (binomial, every device present), then the
+    the normal law with the release's exact mean and variance; the devices without a value, a
+    share ``1 - present`` of the cohort, release the fallback), the bits' ones (binomial), then the
     aggregator's :func:`debiased_share` and :func:`present_point` (clipped to the bounds). With a
     ``spread`` in the row, half the devices are at ``x - spread`` and half at ``x + spread`` and
     the truth is their mean: the mechanism's variance averaged over a population of that standard
@@ -151,29 +175,38 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
     """
     rng = np.random.default_rng(seed)
     total = np.broadcast_to(np.asarray(reports, dtype=np.int64), (runs,))
-    s, both = row["share"], row["both"]
+    s, both, pi = row["share"], row["both"], row["present"]
+    # reports of devices with a value (share pi of the cohort's) and of devices without one
+    pres = np.rint(pi * total).astype(np.int64) if pi < 1.0 else total
     if s >= 1.0:
         n_v = n_b = total
-    else:
-        cells = rng.multinomial(total, [both, s - both, s - both, 1.0 - 2.0 * s + both])
-        n_v, n_b = cells[:, 0] + cells[:, 1], cells[:, 0] + cells[:, 2]
+        pres_v = pres_b = pres
+    else:  # k-of-d sampling: each report carries both, the value only, the bit only or neither
+        cells = [both, s - both, s - both, 1.0 - 2.0 * s + both]
+        c_p = rng.multinomial(pres, cells)
+        c_a = rng.multinomial(total - pres, cells) if pi < 1.0 else np.zeros_like(c_p)
+        pres_v, pres_b = c_p[:, 0] + c_p[:, 1], c_p[:, 0] + c_p[:, 2]
+        n_v, n_b = pres_v + c_a[:, 0] + c_a[:, 1], pres_b + c_a[:, 0] + c_a[:, 2]
     x: float = row["x"]
     lo, hi = row["bounds"]
     if row["spread"] > 0.0:  # half the devices at x - spread, half at x + spread (within the bounds)
         xs = (max(x - row["spread"], lo), min(x + row["spread"], hi))
-        half = total // 2
-        # the devices whose report carries the value: a random subset under k-of-d sampling
-        low = rng.hypergeometric(np.maximum(half, 0), total - half, n_v) if s < 1.0 else half
-        sums = _value_sums(rng, row, low, xs[0]) + _value_sums(rng, row, n_v - low, xs[1])
-        truth = (half * xs[0] + (total - half) * xs[1]) / np.maximum(total, 1)
+        half = pres // 2
+        low = rng.hypergeometric(np.maximum(half, 0), pres - half, pres_v) if s < 1.0 else half
+        sums = _value_sums(rng, row, low, xs[0]) + _value_sums(rng, row, pres_v - low, xs[1])
+        truth = (half * xs[0] + (pres - half) * xs[1]) / np.maximum(pres, 1)
     else:
-        sums, truth = _value_sums(rng, row, n_v, x), np.full(n_v.shape, x)
+        sums, truth = _value_sums(rng, row, pres_v, x), np.full(n_v.shape, x)
+    if pi < 1.0:  # the devices without a value release the fallback
+        sums = sums + _value_sums(rng, row, n_v - pres_v, row["fallback"])
     p_keep = float(mech.grr_probs(row["bit_epsilon"], 2)[0])
-    ones = rng.binomial(n_b, p_keep)
+    ones = rng.binomial(pres_b, p_keep)
+    if pi < 1.0:
+        ones = ones + rng.binomial(n_b - pres_b, 1.0 - p_keep)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = debiased_share(ones, np.maximum(n_b, 1), row["bit_epsilon"])
         est = present_point(sums / np.maximum(n_v, 1), share, row["fallback"], row["bounds"])
-    ok = (n_v >= 2) & (n_b >= 1) & (share > 0.0)
+    ok = (n_v >= 2) & (n_b >= 1) & (share > 0.0) & (pres >= 1)
     if not ok.any():
         return math.inf, 0.0
     return float(np.quantile(np.abs(est[ok] - truth[ok]), quantile)), float(ok.mean())
@@ -182,7 +215,8 @@ def error_quantile(row: dict[str, Any], reports: Any, *, runs: int = MC_RUNS, se
 def _share_sd(row: dict[str, Any], reports: float) -> float:
     """Standard deviation of the estimated share of devices with a value (its presence bits)."""
     n = reports * row["share"]
-    return math.sqrt(row["var_bit"] / n) if n >= 1 else math.inf
+    pi = row["present"]  # the bits' noise, and which devices' reports carry them (k-of-d sampling)
+    return math.sqrt((row["var_bit"] + pi * (1.0 - pi) * (1.0 - row["share"])) / n) if n >= 1 else math.inf
 
 
 def _reports(study: Study, set_name: str, devices: int) -> tuple[float, float]:
@@ -203,16 +237,18 @@ def _period_reports(study: Study, set_name: str, devices: int, runs: int = MC_RU
 
 
 def predict(study: Study, devices: int, expected: dict[str, float] | None = None,
-            spread: dict[str, float] | None = None, *, seed: int = MC_SEED) -> list[dict[str, Any]]:
+            spread: dict[str, float] | None = None, *, present: dict[str, float] | None = None,
+            seed: int = MC_SEED) -> list[dict[str, Any]]:
     """Predicted 95 % half-widths per feature (per period and per day) for ``devices`` devices
     whose values are at ``expected`` (per feature; default the midpoint), with standard deviation
-    ``spread`` across devices (default 0). ``seed``: the Monte Carlo's (another seed measures the
-    prediction's own sampling error)."""
+    ``spread`` across devices (default 0), of which a share ``present`` have a value in a report
+    (per feature, default 1: the others report the fallback and a presence bit of 0). ``seed``:
+    the Monte Carlo's (another seed measures the prediction's own sampling error)."""
     rows = []
     for name, s in study.sets.items():
         per_period, per_day = _reports(study, name, devices)
         period_n = _period_reports(study, name, devices, seed=seed)
-        for r in _per_report(study, name, expected or {}, spread):
+        for r in _per_report(study, name, expected or {}, spread, present):
             hw_period, est_period = error_quantile(r, period_n, seed=seed)
             hw_day, est_day = error_quantile(r, round(per_day), seed=seed)
             rows.append({
@@ -229,7 +265,8 @@ def predict(study: Study, devices: int, expected: dict[str, float] | None = None
 
 
 def devices_for(study: Study, feature: str, half_width: float, *, per: str = "day",
-                expected: dict[str, float] | None = None, spread: dict[str, float] | None = None) -> int:
+                expected: dict[str, float] | None = None, spread: dict[str, float] | None = None,
+                present: dict[str, float] | None = None) -> int:
     """Devices needed for a 95 % half-width of ``half_width`` on ``feature`` (per ``day`` or
     ``period``): the fewest devices whose predicted half-width (:func:`error_quantile`, the same
     seeded Monte Carlo as :func:`predict`) is at most ``half_width``, found by bisection (to
@@ -237,7 +274,7 @@ def devices_for(study: Study, feature: str, half_width: float, *, per: str = "da
     if per not in ("day", "period"):
         raise ValueError(f"per must be 'day' or 'period', got {per!r}")
     for name in study.sets:
-        for r in _per_report(study, name, expected or {}, spread):
+        for r in _per_report(study, name, expected or {}, spread, present):
             if r["feature"] != feature:
                 continue
 
@@ -247,7 +284,7 @@ def devices_for(study: Study, feature: str, half_width: float, *, per: str = "da
 
             # the delta method's count as the first guess, then a bracket [lo, hi] with hw(hi) <= target
             per_device = _reports(study, name, 1)[1 if per == "day" else 0]
-            var = r["var_value"] + r["fallback_gap"] ** 2 * r["var_bit"]
+            var = _delta_var(r)
             guess = max(1, math.ceil((Z95 / half_width) ** 2 * var / r["share"] / per_device))
             lo, hi = max(1, guess // 2), guess
             while hw(hi) > half_width:

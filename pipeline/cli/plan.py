@@ -27,6 +27,9 @@ def register(subparsers: Any) -> None:
                    help="expected population value of a feature (default: the midpoint of its bounds, the worst case)")
     p.add_argument("--spread", action="append", default=[], metavar="FEATURE=SD",
                    help="standard deviation of a feature's value across devices (default 0: every device at --expected)")
+    p.add_argument("--present", action="append", default=[], metavar="FEATURE=SHARE",
+                   help="share of devices with a value of a feature in a report, in (0, 1] (default 1: every device "
+                   "worn; the others release the fallback and a presence bit of 0)")
     p.add_argument("--target", action="append", default=[], metavar="FEATURE=HALF_WIDTH",
                    help="print the devices needed for this 95 %% half-width of the day's mean (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per feature")
@@ -56,16 +59,20 @@ def run(args: argparse.Namespace) -> int:
     expected = _pairs(args.expected, "--expected")
     targets = _pairs(args.target, "--target")
     spread = _pairs(args.spread, "--spread")
+    present = _pairs(args.present, "--present")
     known = {f.name for s in study.sets.values() for f in s.features}
-    for name in [*expected, *targets, *spread]:
+    for name in [*expected, *targets, *spread, *present]:
         if name not in known:
             raise ConfigError(f"unknown feature {name!r}; the study releases {', '.join(sorted(known))}")
-    rows = predict(study, args.devices, expected, spread)
+    for name, share in present.items():
+        if not 0.0 < share <= 1.0:
+            raise ConfigError(f"--present {name}={share:g}: the share must be in (0, 1]")
+    rows = predict(study, args.devices, expected, spread, present=present)
     for r in rows:
         if r["feature"] in targets:
             r["target_half_width"] = targets[r["feature"]]
             r["devices_needed"] = devices_for(study, r["feature"], targets[r["feature"]], expected=expected,
-                                            spread=spread)
+                                            spread=spread, present=present)
     if args.json:
         for r in rows:
             print(json.dumps(r))

@@ -37,12 +37,14 @@ def _keys(seed: int) -> KeyRing:
     return KeyRing({"n1": rng.bytes(32)}, {"p1": rng.bytes(32)}, "n1", "p1")
 
 
-def _measured(study: object, devices: int, x: float, runs: int, seed: int) -> np.ndarray:
+def _measured(study: object, devices: int, x: float, runs: int, seed: int, present: float = 1.0) -> np.ndarray:
     """|estimate - x| of the aggregator's estimator (fast path) over ``runs`` days of ``devices``
-    devices all at ``x`` (NaN on a day without an estimate)."""
+    devices all at ``x``, but for a share ``1 - present`` of them without a value (NaN on a day
+    without an estimate)."""
     sim = Simulator(study, _keys(seed))  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
     truth = np.full((devices, 1), x)
+    truth[round(present * devices):] = np.nan
     out = np.full(runs, np.nan)
     for r in range(runs):
         got = sim.day_estimates_fast("hr", truth, rng).get("hr")
@@ -79,6 +81,27 @@ def test_planner_quantile_matches_the_aggregators_error(eps: float, devices: int
     (r,) = _rows(study, 75.0)
     if hi < max(75.0 - r["bounds"][0], r["bounds"][1] - 75.0):  # not pinned at a bound (clipped estimates)
         assert not lo <= error_quantile(r, devices, quantile=0.90)[0] <= hi
+
+
+def test_planner_follows_devices_without_a_value() -> None:
+    """Devices that were not worn release the fallback and a presence bit of 0: with 60 % of the
+    cohort present the planner (``present``) matches the aggregator's error within the measured
+    quantile's 99.9 % CI, and the planner that assumes every device present falls outside it."""
+    study = _study(2.0)
+    err = _measured(study, 2000, 75.0, RUNS, seed=11, present=0.6)
+    lo, hi = _order_ci(err[np.isfinite(err)], 0.95, 0.999)
+    (row,) = predict(study, 2000, {"hr": 75.0}, present={"hr": 0.6})  # type: ignore[arg-type]
+    assert lo <= row["half_width_day"] <= hi, (row["half_width_day"], lo, hi)
+    (everyone,) = predict(study, 2000, {"hr": 75.0})  # type: ignore[arg-type]
+    assert not lo <= everyone["half_width_day"] <= hi, (everyone["half_width_day"], lo, hi)
+    # where the share is well estimated the delta method agrees (Monte Carlo error 0.5 %)
+    from pipeline.plan import _per_report
+
+    (r,) = _per_report(study, "hr", {"hr": 75.0}, present={"hr": 0.6})  # type: ignore[arg-type]
+    hw = error_quantile(r, 100_000)[0]
+    assert abs(hw / delta_half_width(r, 100_000) - 1) < 0.03, (hw, delta_half_width(r, 100_000))
+    with pytest.raises(ValueError, match="must be in"):
+        predict(study, 100, present={"hr": 0.0})  # type: ignore[arg-type]
 
 
 def _rows(study: object, x: float) -> list[dict]:
@@ -189,3 +212,18 @@ def test_plan_cli_takes_a_spread(capsys: pytest.CaptureFixture[str]) -> None:
     assert spread["scl"]["half_width_day"] == plain["scl"]["half_width_day"]
     assert main(["plan", "--spread", "heart=2"]) == 2
     assert "unknown feature 'heart'" in capsys.readouterr().err
+
+
+def test_plan_cli_takes_a_presence_share(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipeline.cli import main
+
+    assert main(["plan", "--devices", "20000", "--json", "--expected", "hr=75", "--present", "hr=0.5"]) == 0
+    half = {r["feature"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert main(["plan", "--devices", "20000", "--json", "--expected", "hr=75"]) == 0
+    plain = {r["feature"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert half["hr"]["half_width_day"] > 1.3 * plain["hr"]["half_width_day"]  # half the values, and the bits' term
+    assert half["scl"]["half_width_day"] == plain["scl"]["half_width_day"]
+    assert main(["plan", "--present", "hr=0"]) == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
