@@ -100,9 +100,9 @@ def delta_half_width(row: dict[str, Any], reports: float) -> float:
 
 def _delta_var(row: dict[str, Any]) -> float:
     """One report's contribution to the variance of ``mu = (v - (1 - p) c) / p`` (delta method):
-    ``(var_v + (x - c)^2 (var_p + 2 p (1 - p) (s - both) / s)) / p^2``; the last term is the
-    chance that the reports carrying the value and those carrying the bit hold different shares of
-    devices with a value (k-of-d sampling: a share ``s`` of reports carries each, ``both`` both)."""
+    ``(var_v + (x - c)^2 (var_p + 2 p (1 - p) (s - both) / s)) / p^2``; the last term because
+    the reports carrying the value and those carrying the bit hold different shares of devices
+    with a value (k-of-d sampling: a share ``s`` of reports carries each, ``both`` both)."""
     pi, s = row["present"], row["share"]
     mix = 2.0 * pi * (1.0 - pi) * (s - row["both"]) / s
     return (row["var_value"] + row["fallback_gap"] ** 2 * (row["var_bit"] + mix)) / pi**2
