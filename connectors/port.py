@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from connectors.kafka import (
     OutRecord,
@@ -45,9 +44,11 @@ Stored = tuple[bytes | None, bytes | None, int]
 Rebalance = Callable[[set[Partition]], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class Message:
-    """One fetched record of a raw partition."""
+class Message(NamedTuple):
+    """One fetched record of a raw partition.
+
+    A named tuple, not a frozen dataclass: one is built per message fetched (in the consume
+    thread with confluent-kafka), and a tuple is built in a third of the time."""
 
     topic: str
     partition: int

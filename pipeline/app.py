@@ -373,31 +373,31 @@ class StreamWorker(Service):
         """Process one fetched batch and send its output; queue its delivery, which marks the
         batch's offsets consumed once all of it is acknowledged (:meth:`_reap`; failed sends are
         retried with backoff, the same records, :class:`~pipeline.outage.Delivery`)."""
-        processor, tracker = self.processor, self.tracker
+        process, observe, clock = self.processor.process, self.tracker.observe, time.perf_counter
         out = self._delivery()
         done: dict[Partition, int] = {}
-        deadline = time.perf_counter() + YIELD_EVERY_S
+        deadline = clock() + YIELD_EVERY_S
         for key, messages in batches.items():
             if key not in self.assigned:  # revoked after the fetch: the next owner reads them
                 continue
             if key not in self.recovered:
                 await self._recover(key, messages[0].offset)
             lost = key in self.lost
-            for msg in messages:
-                value = msg.value if msg.value is not None else b""
-                if lost and msg.key is not None:
-                    await self._guard_if_lost(msg.key, key, out)
+            for _topic, _partition, offset, msg_key, msg_value in messages:
+                value = msg_value if msg_value is not None else b""
+                if lost and msg_key is not None:
+                    await self._guard_if_lost(msg_key, key, out)
                 try:
-                    outcome = processor.process(value, msg.key)
+                    outcome = process(value, msg_key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
-                    log.exception("internal error on %s/%d/%d", msg.topic, msg.partition, msg.offset)
-                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
-                tracker.observe(key, msg.offset, outcome.frame)
+                    log.exception("internal error on %s/%d/%d", key[0], key[1], offset)
+                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg_key, value)])
+                observe(key, offset, outcome.frame)
                 if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
-                    await self._publish(outcome, key, msg.offset, out)
-                if time.perf_counter() >= deadline:
+                    await self._publish(outcome, key, offset, out)
+                if clock() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
-                    deadline = time.perf_counter() + YIELD_EVERY_S
+                    deadline = clock() + YIELD_EVERY_S
             done[key] = messages[-1].offset + 1
         # offsets count (are checkpointed, committed) only once the output is acknowledged
         settle = asyncio.create_task(out.settle())
@@ -428,7 +428,7 @@ class StreamWorker(Service):
         observe = self.metrics.observe_release
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
-        source = f"{tp[0]}/{tp[1]}/{offset}"
+        source = f"{tp[0]}/{tp[1]}/{offset}" if outcome.dead_letters else ""  # named in dead letters only
         for record in outgoing(outcome, t, source, self.settings.latency_headers):
             await send(record)
 
