@@ -101,7 +101,7 @@ from connectors.kafka import (
     OutRecord,
     Topics,
 )
-from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
+from connectors.port import AiokafkaPort, KafkaPort, Message, Partition, retrieved
 from connectors.security import ClientSecurity
 from pipeline import durability
 from pipeline.durability import Checkpoint
@@ -401,7 +401,7 @@ class StreamWorker(Service):
             done[key] = messages[-1].offset + 1
         # offsets count (are checkpointed, committed) only once the output is acknowledged
         settle = asyncio.create_task(out.settle())
-        settle.add_done_callback(_retrieved)  # a batch given up at a stop raises Stopping, looked at or not
+        settle.add_done_callback(retrieved)  # a batch given up at a stop raises Stopping, looked at or not
         self._unsettled.append((settle, done))
 
     def _reap(self) -> None:
@@ -687,12 +687,6 @@ class StreamWorker(Service):
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(),
         )
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Done callback: the outcome of a future is looked at (asyncio logs unretrieved exceptions)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _ShellOnly(BootStrategy):
