@@ -12,7 +12,8 @@ default :class:`~pipeline.app.WorkerSettings` (``max_batch`` 500, a checkpoint e
 the loop is saturated, as the live worker was at the standard load (``benchmarks/results/latest.md``).
 
 Measured, per frame, over the run (from the assignment until the output of every message is
-acknowledged; the periodic checkpoints within it are counted, the final one at stop is not):
+acknowledged; the periodic checkpoints within it are counted, the final one at stop is not; on a
+broker, after a warm-up, see below):
 
 * ``loop``: thread CPU time of the event loop's thread (``CLOCK_THREAD_CPUTIME_ID``), i.e.
   everything the worker does on its one thread;
@@ -22,9 +23,18 @@ acknowledged; the periodic checkpoints within it are counted, the final one at s
   ``core`` and ``shell``;
 * ``shell``: their difference: batch bookkeeping, publishing, acknowledgements, resume
   tracking, checkpoints, metrics, and the in-memory port;
-* ``process``: process CPU time over the same span (every thread).
+* ``process``: process CPU time over the same span (every thread), and per thread by name
+  (``/proc``, 10 ms ticks; the loop's thread is ``MainThread``).
 
-**What it does not measure.** The in-memory port's own cost (a list slice per fetch, a
+``--bootstrap HOST:PORT`` runs the same on a broker, with the worker's production port
+(:class:`~connectors.confluent.ConfluentPort`, librdkafka) on fresh topics (deleted after): the
+first :data:`WARMUP_S` of the schedule are written first and consumed (the worker joins the group
+and recovers every partition: start-up, not counted), then another process writes the rest while
+the worker consumes it (about 1 s of writing for several of consuming); ``process`` then includes
+librdkafka's threads and the port's own (consume, commit, poll), so ``process - loop`` is the
+Kafka client's CPU outside the event loop's thread (the broker is another process, not counted).
+
+**What the in-memory run does not measure.** The in-memory port's own cost (a list slice per fetch, a
 ``call_soon`` and a list append per record sent) is *not* the Kafka client's: librdkafka's
 ``produce()`` and delivery reports, the consume thread's hand-over and the network are absent,
 and counted in their place is the port's cheaper Python. The figures are the shell's Python cost
@@ -51,6 +61,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "latency"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -62,6 +74,7 @@ from workload import MODALITIES, Schedule, build_schedule, load_workload  # noqa
 
 from connectors.kafka import DEFAULT_PARTITIONS, Topics  # noqa: E402
 from connectors.memory import MemoryBroker, MemoryPort  # noqa: E402
+from connectors.port import Partition  # noqa: E402
 
 #: A guard against a loop that never finishes, not a timing: a run takes seconds.
 HANG_S = 600.0
@@ -103,18 +116,98 @@ def _write_profile(profiler: Any, kind: str, path: Path) -> None:
     path.write_text(buf.getvalue())
 
 
+#: Seconds of schedule written before the measured part on a broker: the worker joins the group and
+#: recovers every partition (kafka-python reads of the state topic) on them, outside the figures.
+WARMUP_S = 2.0
+
+
+def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes]], ends: Any = None) -> dict[Partition, int]:
+    """Write ``(topic, key, value)`` records; return (and put on ``ends``, from a child process)
+    the end offset of every partition written to."""
+    from confluent_kafka import Producer
+
+    got: dict[Partition, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            raise RuntimeError(f"writing the schedule failed: {err}")
+        tp = (msg.topic(), msg.partition())
+        got[tp] = max(got.get(tp, 0), msg.offset() + 1)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all"})
+    for topic, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(60.0):
+        raise RuntimeError("the schedule was not written within 60 s")
+    if ends is not None:
+        ends.put(got)
+    return got
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, by name (Linux ``/proc``; {} elsewhere):
+    Python threads by their ``threading`` name, the others (librdkafka's ``rdk:*``) by their
+    system name. Threads of the same name are summed."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = names.get(int(tid), comm)
+        if name.startswith("rdk:broker"):  # one per broker connection: rdk:broker1, rdk:broker-1...
+            name = "rdk:broker*"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
 def shell_run(sched: Schedule, key_file: Path, seconds: float, mode: str, max_batch: int = 500,
-              profile: tuple[str, Path] | None = None) -> dict[str, Any]:
-    """One run of the worker loop over the first ``seconds`` of the schedule; CPU per frame."""
+              profile: tuple[str, Path] | None = None, bootstrap: str | None = None) -> dict[str, Any]:
+    """One run of the worker loop over the first ``seconds`` of the schedule; CPU per frame.
+
+    ``bootstrap``: on the broker there with the worker's production port (confluent-kafka) on fresh
+    topics, instead of the in-memory port."""
     from pipeline.app import StreamWorker, WorkerSettings
 
     proc, msgs = core_inputs(sched, key_file, seconds, mode)
-    topics = Topics()
-    broker = _broker(sched, msgs, topics)
-    ends = {(t, p): len(part) for t in topics.raw_all for p, part in enumerate(broker.topics[t])}
+    broker: MemoryBroker | None = None
+    rest: list[tuple[str, bytes, bytes]] = []
+    if bootstrap is None:
+        topics = Topics()
+        broker = _broker(sched, msgs, topics)
+        ends = {(t, p): len(part) for t in topics.raw_all for p, part in enumerate(broker.topics[t])}
+    else:
+        import uuid
+
+        from connectors.kafka import ensure_topics
+
+        topics = Topics.with_prefix(f"shellbench-{uuid.uuid4().hex[:8]}.")
+        ensure_topics(bootstrap, topics.specs(DEFAULT_PARTITIONS))
+        topic_of = {p.stream: topics.raw(MODALITIES[p.modality]) for p in sched.plans}
+        records = [(topic_of[stream], key, value) for key, value, stream in msgs]
+        warm = int(np.searchsorted(sched.due_ns, int(WARMUP_S * 1e9)))
+        ends, rest = _produce(bootstrap, records[:warm]), records[warm:]
     target = {tp: n for tp, n in ends.items() if n}
     settings = WorkerSettings(key_file=key_file, per_window=mode == "per-window", topics=topics,
-                              partitions=DEFAULT_PARTITIONS, max_batch=max_batch)
+                              partitions=DEFAULT_PARTITIONS, max_batch=max_batch,
+                              bootstrap=bootstrap or "127.0.0.1:9", group=f"{topics.prefix}bench")
     core_ns = [0]
     process = proc.process
     tt = time.thread_time_ns
@@ -130,40 +223,72 @@ def shell_run(sched: Schedule, key_file: Path, seconds: float, mode: str, max_ba
     profiler = _profiler(profile[0] if profile else None)
 
     async def run() -> dict[str, Any]:
-        port = MemoryPort(broker, group="bench")
+        port = MemoryPort(broker, group="bench") if broker is not None else None
         worker = StreamWorker(settings, proc, port=port)
+        deadline = time.monotonic() + HANG_S
+
+        async def until(done: Any) -> None:
+            while not done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the worker did not consume the schedule")
+                await asyncio.sleep(0.05 if port is not None else 0.005)
+
         await worker.start()
+        if port is not None:
+            await port.rebalance(set(ends))
+        else:  # joining the group and recovering every partition (kafka-python reads) is start-up, not per frame
+            await until(lambda: worker.consumed == target)
+        writer = None
+        if rest:  # the rest of the schedule, written by another process: its CPU is not the worker's
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            writer = ctx.Process(target=_produce, args=(bootstrap, rest, queue), daemon=True)
         if profiler is not None:
             profiler.enable() if profile and profile[0] == "cprofile" else profiler.start()
-        c0, p0, w0 = tt(), time.process_time_ns(), time.perf_counter_ns()
-        await port.rebalance({tp for tp in ends})
-        deadline = time.monotonic() + HANG_S
-        while worker.consumed != target:  # every batch processed and its output acknowledged
-            if time.monotonic() > deadline:
-                raise TimeoutError("the worker did not consume the schedule")
-            await asyncio.sleep(0.05)
-        c1, p1, w1 = tt(), time.process_time_ns(), time.perf_counter_ns()
+        th0 = threads_cpu()
+        c0, p0, w0, f0, k0 = tt(), time.process_time_ns(), time.perf_counter_ns(), proc.stats.frames, core_ns[0]
+        if writer is not None:
+            writer.start()
+            more = await asyncio.get_running_loop().run_in_executor(None, queue.get, True, HANG_S)
+            writer.join()
+            target.update(more)
+        await until(lambda: worker.consumed == target)  # every batch processed and its output acknowledged
+        c1, p1, w1, f1, k1 = tt(), time.process_time_ns(), time.perf_counter_ns(), proc.stats.frames, core_ns[0]
+        th1 = threads_cpu()
+        threads = {k: round(v - th0.get(k, 0.0), 2) for k, v in sorted(th1.items()) if v - th0.get(k, 0.0) > 0}
         if profiler is not None:
             profiler.disable() if profile and profile[0] == "cprofile" else profiler.stop()
         await worker.stop()
-        return {"loop_ns": c1 - c0, "process_ns": p1 - p0, "wall_ns": w1 - w0, "checkpoints": worker.checkpoints}
+        return {"loop_ns": c1 - c0, "process_ns": p1 - p0, "wall_ns": w1 - w0, "core_ns": k1 - k0,
+                "frames": f1 - f0, "checkpoints": worker.checkpoints, "releases": worker.processor.stats.releases,
+                "threads": threads}
 
     logging.getLogger("biopriv").setLevel(logging.WARNING)
     logging.getLogger("pipeline").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PrivacyWarning per feature set: the worker logs them
-        got = asyncio.run(run())
+        try:
+            got = asyncio.run(run())
+        finally:
+            if bootstrap is not None:
+                from connectors.kafka import delete_topics
+
+                delete_topics(bootstrap, [t.name for t in topics.specs(DEFAULT_PARTITIONS)])
     if profiler is not None and profile is not None:
         _write_profile(profiler, profile[0], profile[1])
-    n = len(msgs)
-    loop_us, core_us = got["loop_ns"] / 1e3 / n, core_ns[0] / 1e3 / n
+    n = got["frames"]
+    loop_us, core_us = got["loop_ns"] / 1e3 / n, got["core_ns"] / 1e3 / n
     return {
         "mode": mode, "seconds_of_load": seconds, "frames": n, "max_batch": max_batch,
-        "releases": len(broker.records(topics.private)), "state_records": len(broker.records(topics.state)),
+        "port": "memory" if bootstrap is None else "confluent", "releases": got["releases"],
         "checkpoints": got["checkpoints"], "wall_s": round(got["wall_ns"] / 1e9, 2),
         "loop_us_per_frame": round(loop_us, 1), "core_us_per_frame": round(core_us, 1),
         "shell_us_per_frame": round(loop_us - core_us, 1),
         "process_us_per_frame": round(got["process_ns"] / 1e3 / n, 1),
+        # per thread (10 ms ticks): which of the process's threads spent the CPU beside the loop's
+        "threads_us_per_frame": {k: round(v * 1e6 / n, 1) for k, v in got["threads"].items()},
     }
 
 
@@ -211,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=(*MODES, "both"), default="both",
                     help="per-window: the stress mode; study: the default study; both (default, interleaved)")
     ap.add_argument("--max-batch", type=int, default=500, help="the worker's --max-batch (messages per fetch)")
+    ap.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
+                    help="run on this broker with the production port (confluent-kafka) instead of the in-memory one")
     prof = ap.add_mutually_exclusive_group()
     prof.add_argument("--profile", type=Path, default=None, help="pyinstrument tree of one extra run per mode")
     prof.add_argument("--cprofile", type=Path, default=None, help="cProfile listing of one extra run per mode")
@@ -230,17 +357,18 @@ def main(argv: list[str] | None = None) -> int:
         key_file = Path(td) / "keys.json"
         for i in range(args.repeat):
             for mode in modes:  # interleaved: a change in the host's load hits both modes alike
-                r = shell_run(sched, key_file, args.seconds, mode, args.max_batch)
+                r = shell_run(sched, key_file, args.seconds, mode, args.max_batch, bootstrap=args.bootstrap)
                 runs[mode].append(r)
-                print(f"{mode} run {i + 1}: {r['frames']} frames, {r['releases']} releases, {r['checkpoints']} "
+                print(f"{mode} run {i + 1} ({r['port']} port): {r['frames']} frames, {r['releases']} releases, {r['checkpoints']} "
                       f"checkpoints, {r['wall_s']} s; CPU us/frame: loop {r['loop_us_per_frame']}, core "
-                      f"{r['core_us_per_frame']}, shell {r['shell_us_per_frame']}, process {r['process_us_per_frame']}",
+                      f"{r['core_us_per_frame']}, shell {r['shell_us_per_frame']}, process {r['process_us_per_frame']}; by thread "
+                      f"{r['threads_us_per_frame']}",
                       flush=True)
         kind, path = ("pyinstrument", args.profile) if args.profile else ("cprofile", args.cprofile)
         if path is not None:
             for mode in modes:
                 out = path if len(modes) == 1 else path.with_name(f"{path.stem}_{mode.replace('-', '_')}{path.suffix}")
-                shell_run(sched, key_file, args.seconds, mode, args.max_batch, profile=(kind, out))
+                shell_run(sched, key_file, args.seconds, mode, args.max_batch, profile=(kind, out), bootstrap=args.bootstrap)
                 print(f"{kind} profile of the {mode} mode: {out}")
     load1, cal1, probe = os.getloadavg(), calibration(), probe_us()
     print(f"\nload average before {[round(x, 2) for x in load0]}, after {[round(x, 2) for x in load1]}; "
