@@ -679,13 +679,17 @@ class StreamWorker(Service):
             log.info("evicted the window state of %d device(s) idle for %.0f s", len(evicted), self.settings.device_idle_s)
 
     def log_stats(self) -> None:
+        """One line of counters. ``busy`` is the core's wall time (inflated when the host is
+        contended); ``cpu_loop`` the CPU time of the event loop's thread (core and shell; this runs
+        on it) and ``cpu_process`` of every thread (the Kafka client's besides), both since start,
+        so that live figures split into core, loop and client threads (``benchmarks/shell_bench.py``)."""
         s, p = self.processor.stats, self.processor
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
-            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d",
+            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d cpu_loop=%.0f ms cpu_process=%.0f ms",
             s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", s.busy_ns / 1e6,
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
-            len(p.devices()), p.parked(),
+            len(p.devices()), p.parked(), time.thread_time() * 1e3, time.process_time() * 1e3,
         )
 
 
