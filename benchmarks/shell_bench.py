@@ -1,4 +1,4 @@
-"""The worker shell's CPU per frame, without a broker: the real worker loop on the in-memory port.
+"""The worker shell's CPU per frame: the real worker loop on the in-memory port (or on a broker).
 
 Runs the loop ``biopriv worker`` runs (:class:`~pipeline.app.StreamWorker`: fetch -> process ->
 publish -> settle -> checkpoint, over the :class:`~connectors.port.KafkaPort` interface) on
@@ -10,6 +10,8 @@ as ``benchmarks/core_bench.py`` builds it) are written to the in-memory raw topi
 every raw partition and runs until its output for all of them is acknowledged. The worker runs with the
 default :class:`~pipeline.app.WorkerSettings` (``max_batch`` 500, a checkpoint every second):
 the loop is saturated, as the live worker was at the standard load (``benchmarks/results/latest.md``).
+It runs faster than real time, so what the worker does per second of wall time (checkpoints)
+weighs less per frame than in a live worker at 1,560 frames/s.
 
 Measured, per frame, over the run (from the assignment until the output of every message is
 acknowledged; the periodic checkpoints within it are counted, the final one at stop is not; on a
@@ -18,9 +20,9 @@ broker, after a warm-up, see below):
 * ``loop``: thread CPU time of the event loop's thread (``CLOCK_THREAD_CPUTIME_ID``), i.e.
   everything the worker does on its one thread;
 * ``core``: thread CPU time inside :meth:`~pipeline.processor.Processor.process` calls (timed in
-  place by wrapping the processor's method), the processing core. The probe itself costs about
-  2 us of thread CPU per frame on a VM (two clock reads; printed as ``probe``), split between
-  ``core`` and ``shell``;
+  place by wrapping the processor's method), the processing core. The probe itself costs 1-2 us
+  of thread CPU per frame on a VM (two clock reads; printed as ``probe``), split between ``core``
+  and ``shell``;
 * ``shell``: their difference: batch bookkeeping, publishing, acknowledgements, resume
   tracking, checkpoints, metrics, and the in-memory port;
 * ``process``: process CPU time over the same span (every thread), and per thread by name
@@ -38,13 +40,14 @@ Kafka client's CPU outside the event loop's thread (the broker is another proces
 ``call_soon`` and a list append per record sent) is *not* the Kafka client's: librdkafka's
 ``produce()`` and delivery reports, the consume thread's hand-over and the network are absent,
 and counted in their place is the port's cheaper Python. The figures are the shell's Python cost
-above the port, for A/B comparisons of the worker's own code; the live worker's CPU comes from
-the latency benchmark.
+above the port, for A/B comparisons of the worker's own code; ``--bootstrap`` adds the Kafka
+client's, and the live worker's CPU comes from the latency benchmark.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/shell_bench.py --seconds 20 --repeat 3
 
 ``--profile FILE`` writes a pyinstrument tree of one extra run per mode, ``--cprofile FILE`` a
-cProfile listing (by own time; the raw stats beside it, suffix ``.pstats``) instead (``FILE`` with the mode before the suffix when both).
+cProfile listing (by own time; the raw stats beside it, suffix ``.pstats``) instead (``FILE``
+with the mode before the suffix when both). Results: ``benchmarks/results/shell.md``.
 """
 
 from __future__ import annotations
