@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from connectors.kafka import OutRecord, mute_client_logs, read_partition
-from connectors.port import Message, Partition, Rebalance, Stored, _retrieved
+from connectors.port import Message, Partition, PendingCommit, Rebalance, Stored
 from connectors.security import ClientSecurity
 from pipeline.errors import BrokerError, BrokerUnavailable
 
@@ -229,7 +229,7 @@ class ConfluentPort:
         self._closing = False
         self._closed = False
         self._counts: dict[str, int] = {}  # partitions per subscribed topic, refreshed at each assignment
-        self._committing: asyncio.Future[Any] | None = None  # an offset commit not answered yet
+        self._commit = PendingCommit()
         self._fetch_error: BaseException | None = None  # a consumer error that came with records
         self._lost: set[Partition] = set()  # partitions librdkafka declared lost, not yet revoked from the worker
 
@@ -429,26 +429,20 @@ class ConfluentPort:
         return confluent_error(exc, "send") if isinstance(exc, KafkaException | KafkaError) else None
 
     async def commit(self, offsets: dict[Partition, int], timeout_s: float) -> None:
-        """The commit waits for the group coordinator in the commit thread; ``timeout_s`` makes an
-        outage visible (readiness) even when the worker has nothing to send. A commit that timed
-        out is not abandoned: a retry waits for the same commit again (as
-        :meth:`connectors.port.AiokafkaPort.commit`)."""
+        """The commit waits for the group coordinator in the commit thread, bounded by ``timeout_s``
+        and not abandoned: a retry waits for the same commit again (:class:`~connectors.port.PendingCommit`)."""
         from confluent_kafka import KafkaException, TopicPartition
 
         assert self._commits is not None, "the port is not started"
-        task = self._committing
-        if task is None:
+        commits = self._commits
+
+        def begin() -> asyncio.Future[Any]:
             tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
-            task = self._committing = self._commits.submit(
-                functools.partial(self.consumer.commit, offsets=tps, asynchronous=False))
-            task.add_done_callback(_retrieved)
-        await asyncio.wait([task], timeout=timeout_s)
-        if not task.done():
-            raise BrokerUnavailable("commit to the group coordinator: no answer within the request timeout")
-        self._committing = None
+            return commits.submit(functools.partial(self.consumer.commit, offsets=tps, asynchronous=False))
+
         action = "commit to the group coordinator"
         try:
-            result = task.result()
+            result = await self._commit.wait(begin, timeout_s)
         except KafkaException as exc:
             raise confluent_error(exc, action) from exc
         except RuntimeError as exc:  # the consumer is closed

@@ -85,7 +85,7 @@ class MemoryPort:
         self.assigned: set[Partition] = set()
         self.positions: dict[Partition, int] = {}
         self.stopped = self.killed = False
-        self._pending: list[tuple[OutRecord, asyncio.Future[Any]]] = []  # sent, not yet written
+        self._pending: dict[asyncio.Future[Any], OutRecord] = {}  # sent, not yet written (acknowledgement -> record)
         self._on_assign: Rebalance | None = None
         self._on_revoke: Rebalance | None = None
 
@@ -104,9 +104,9 @@ class MemoryPort:
     def kill(self) -> None:
         """The process dies: records not yet written are lost, later calls never reach the broker."""
         self.killed = True
-        for _record, ack in self._pending:
+        for ack in self._pending:
             ack.cancel()
-        self._pending = []
+        self._pending = {}
 
     # -- KafkaPort ----------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ class MemoryPort:
         self._alive()
         loop = asyncio.get_running_loop()
         ack: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((record, ack))
+        self._pending[ack] = record
         loop.call_soon(self._acknowledge, record, ack)  # written when the loop next runs, unless killed first
         return ack
 
@@ -156,7 +156,7 @@ class MemoryPort:
         """Write the record (unless an injected failure says otherwise), then answer."""
         if self.killed or ack.done():
             return
-        self._pending.remove((record, ack))
+        del self._pending[ack]
         error = self.fail_send(record) if self.fail_send is not None else None
         if error is not None:
             ack.set_exception(error)

@@ -101,7 +101,7 @@ from connectors.kafka import (
     OutRecord,
     Topics,
 )
-from connectors.port import AiokafkaPort, KafkaPort, Message, Partition
+from connectors.port import AiokafkaPort, KafkaPort, Message, Partition, retrieved
 from connectors.security import ClientSecurity
 from pipeline import durability
 from pipeline.durability import Checkpoint
@@ -373,35 +373,35 @@ class StreamWorker(Service):
         """Process one fetched batch and send its output; queue its delivery, which marks the
         batch's offsets consumed once all of it is acknowledged (:meth:`_reap`; failed sends are
         retried with backoff, the same records, :class:`~pipeline.outage.Delivery`)."""
-        processor, tracker = self.processor, self.tracker
+        process, observe, clock = self.processor.process, self.tracker.observe, time.perf_counter
         out = self._delivery()
         done: dict[Partition, int] = {}
-        deadline = time.perf_counter() + YIELD_EVERY_S
+        deadline = clock() + YIELD_EVERY_S
         for key, messages in batches.items():
             if key not in self.assigned:  # revoked after the fetch: the next owner reads them
                 continue
             if key not in self.recovered:
                 await self._recover(key, messages[0].offset)
             lost = key in self.lost
-            for msg in messages:
-                value = msg.value if msg.value is not None else b""
-                if lost and msg.key is not None:
-                    await self._guard_if_lost(msg.key, key, out)
+            for _topic, _partition, offset, msg_key, msg_value in messages:
+                value = msg_value if msg_value is not None else b""
+                if lost and msg_key is not None:
+                    await self._guard_if_lost(msg_key, key, out)
                 try:
-                    outcome = processor.process(value, msg.key)
+                    outcome = process(value, msg_key)
                 except Exception as exc:  # noqa: BLE001 - keep the worker alive; nothing is lost
-                    log.exception("internal error on %s/%d/%d", msg.topic, msg.partition, msg.offset)
-                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg.key, value)])
-                tracker.observe(key, msg.offset, outcome.frame)
+                    log.exception("internal error on %s/%d/%d", key[0], key[1], offset)
+                    outcome = Outcome(dead_letters=[DeadLetter("internal_error", repr(exc)[:500], msg_key, value)])
+                observe(key, offset, outcome.frame)
                 if outcome.releases or outcome.dead_letters or outcome.events or outcome.headers:
-                    await self._publish(outcome, key, msg.offset, out)
-                if time.perf_counter() >= deadline:
+                    await self._publish(outcome, key, offset, out)
+                if clock() >= deadline:
                     await asyncio.sleep(0)  # let the producer send what is ready
-                    deadline = time.perf_counter() + YIELD_EVERY_S
+                    deadline = clock() + YIELD_EVERY_S
             done[key] = messages[-1].offset + 1
         # offsets count (are checkpointed, committed) only once the output is acknowledged
         settle = asyncio.create_task(out.settle())
-        settle.add_done_callback(_retrieved)  # a batch given up at a stop raises Stopping, looked at or not
+        settle.add_done_callback(retrieved)  # a batch given up at a stop raises Stopping, looked at or not
         self._unsettled.append((settle, done))
 
     def _reap(self) -> None:
@@ -428,7 +428,7 @@ class StreamWorker(Service):
         observe = self.metrics.observe_release
         for r in outcome.releases:
             observe(r.last_send_ns, r.t_release_ns)
-        source = f"{tp[0]}/{tp[1]}/{offset}"
+        source = f"{tp[0]}/{tp[1]}/{offset}" if outcome.dead_letters else ""  # named in dead letters only
         for record in outgoing(outcome, t, source, self.settings.latency_headers):
             await send(record)
 
@@ -679,20 +679,18 @@ class StreamWorker(Service):
             log.info("evicted the window state of %d device(s) idle for %.0f s", len(evicted), self.settings.device_idle_s)
 
     def log_stats(self) -> None:
+        """One line of counters. ``busy`` is the core's wall time (inflated when the host is
+        contended); ``cpu_loop`` the CPU time of the event loop's thread (core and shell; this runs
+        on it) and ``cpu_process`` of every thread (the Kafka client's besides), both since start,
+        so that live figures split into core, loop and client threads (``benchmarks/shell_bench.py``)."""
         s, p = self.processor.stats, self.processor
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
-            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d",
+            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d cpu_loop=%.0f ms cpu_process=%.0f ms",
             s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", s.busy_ns / 1e6,
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
-            len(p.devices()), p.parked(),
+            len(p.devices()), p.parked(), time.thread_time() * 1e3, time.process_time() * 1e3,
         )
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    """Done callback: the outcome of a future is looked at (asyncio logs unretrieved exceptions)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _ShellOnly(BootStrategy):

@@ -117,25 +117,36 @@ class ResumeTracker:
 
     def observe(self, tp: TP, offset: int, frame: Any | None) -> None:
         """Record that the message at ``offset`` was processed (``frame``: its FrameRef, if any)."""
-        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+        # once per message: attributes read once, no max() calls, no setdefault's default dict
+        nxt = self._next
+        if offset >= nxt.get(tp, 0):
+            nxt[tp] = offset + 1
         if frame is None:
             return
-        self._partition_of[frame.device_id] = tp[1]
-        tracks = self._tracks.setdefault(tp, {})
-        tr = tracks.get((frame.device_id, frame.stream))
+        device, seq, capture_ns = frame.device_id, frame.seq, frame.capture_ns
+        self._partition_of[device] = tp[1]
+        tracks = self._tracks.get(tp)
+        if tracks is None:
+            tracks = self._tracks[tp] = {}
+        key = (device, frame.stream)
+        tr = tracks.get(key)
         if tr is None:
-            tr = tracks[(frame.device_id, frame.stream)] = _Track()
+            tr = tracks[key] = _Track()
         keep = max(1, int(self._history(frame)))
-        if tr.last_seq >= 0 and frame.seq < tr.last_seq - keep and frame.capture_ns > tr.last_capture_ns:
-            tr.entries.clear()  # the device rebooted (sequence numbers restart): older frames are not needed
-            tr.last_seq = -1
-        tr.entries.append((offset, frame.seq))
-        tr.last_seq = max(tr.last_seq, frame.seq)
-        tr.last_capture_ns = max(tr.last_capture_ns, frame.capture_ns)
+        entries, last = tr.entries, tr.last_seq
+        if last >= 0 and seq < last - keep and capture_ns > tr.last_capture_ns:
+            entries.clear()  # the device rebooted (sequence numbers restart): older frames are not needed
+            last = -1
+        entries.append((offset, seq))
+        if seq > last:
+            last = seq
+        tr.last_seq = last
+        if capture_ns > tr.last_capture_ns:
+            tr.last_capture_ns = capture_ns
         tr.touched = self._clock()
-        floor = tr.last_seq - keep
-        while tr.entries and tr.entries[0][1] < floor:
-            tr.entries.popleft()
+        floor = last - keep
+        while entries and entries[0][1] < floor:
+            entries.popleft()
 
     def resume_offsets(self, tps: Iterable[TP] | None = None) -> dict[TP, int]:
         """Resume offset per partition seen (or per ``tps``); expires idle (device, stream) entries."""

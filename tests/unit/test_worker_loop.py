@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -256,3 +258,28 @@ def test_checkpoint_writes_ledgers_before_resume_offsets_and_headers_before_rele
         elif event[0] == "write" and event[1] == TOPICS.private:
             assert pseudonyms[event[4] or b""] in headers, "a release published before its device's header"
     assert worker.checkpoints >= 2
+
+
+def test_the_stats_line_splits_the_cpu_into_the_loop_thread_and_the_process(tmp_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    broker = new_broker()
+    feed(broker, 2.0)
+
+    async def run() -> StreamWorker:
+        port = MemoryPort(broker)
+        worker = new_worker(tmp_path, port)
+        await worker.start()
+        await port.rebalance(ALL)
+        await consumed_all(broker)
+        with caplog.at_level(logging.INFO, logger="biopriv.worker"):
+            worker.log_stats()
+        await worker.stop()
+        return worker
+
+    worker = asyncio.run(run())
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("frames="))
+    got = re.search(r"frames=(\d+) .*busy=(\d+) ms .*cpu_loop=(\d+) ms cpu_process=(\d+) ms$", line)
+    assert got is not None, line
+    frames, _busy, loop, process = (int(g) for g in got.groups())
+    assert frames == worker.processor.stats.frames > 0
+    assert 0 < loop <= process  # the loop's thread is one of the process's
