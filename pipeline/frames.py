@@ -47,6 +47,7 @@ MAX_SAMPLE_RATE_HZ = 192_000.0
 MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@-]+$")
 _NAME_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
+_F32 = np.dtype("<f4")  #: the samples' type: little-endian float32
 
 #: Reason codes a :class:`FrameError` may carry.
 REASONS = (
@@ -313,7 +314,8 @@ def _samples_from(obj: dict[str, Any], encoding: str) -> np.ndarray:
         n = total // n_ch
         if "n" in obj and obj["n"] != n:
             raise FrameError("shape_mismatch", f"'n' says {obj['n']!r} samples per channel, data holds {n}")
-        return np.frombuffer(raw, dtype="<f4").reshape(n_ch, n)
+        # read-only: a view of the message's immutable bytes (a bytearray is copied first)
+        return np.frombuffer(raw if type(raw) is bytes else bytes(raw), _F32).reshape(n_ch, n)
     if not isinstance(raw, list) or len(raw) != n_ch:
         got = len(raw) if isinstance(raw, list) else type(raw).__name__
         raise FrameError("shape_mismatch", f"'samples' must be a list of {n_ch} channel lists, got {got}")
@@ -332,12 +334,14 @@ def _samples_from(obj: dict[str, Any], encoding: str) -> np.ndarray:
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a read-only C-contiguous little-endian float32 array (a copy unless it is one)."""
     if arr.ndim != 2:
         raise FrameError("shape_mismatch", f"samples must be 2-D (channels x samples), got {arr.ndim}-D")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise FrameError("bad_field", f"samples must be real numbers, got dtype {arr.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(arr, dtype="<f4")
+        out = np.ascontiguousarray(arr, dtype=_F32)
+    out.flags.writeable = False
     return out
 
 
@@ -430,6 +434,6 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
     n = samples.shape[1]
     if not 1 <= n <= MAX_SAMPLES_PER_FRAME:
         raise FrameError("shape_mismatch", f"{n} samples per channel, allowed 1-{MAX_SAMPLES_PER_FRAME}")
+    # samples are read-only here (_samples_from, _as_float32): a frame's samples never change
     nonfinite = 0 if np.isfinite(samples).all() else int(samples.size - np.count_nonzero(np.isfinite(samples)))
-    samples.flags.writeable = False
     return _frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite)
