@@ -234,10 +234,12 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
 
 
 def _median(v: np.ndarray) -> float:
-    """``np.median`` of a non-empty 1-D array without NaN (same value: the middle element, or the
-    mean of the two middle elements), without its generic-reduction overhead."""
+    """``np.median`` of a non-empty 1-D float64 array (same value: the middle element, or the mean
+    of the two middle elements; NaN if any element is NaN), without its generic-reduction overhead."""
     s = np.sort(v)
     m = s.size // 2
+    if s[-1] != s[-1]:  # the sort puts NaN last; np.median is then NaN
+        return float("nan")
     return float(s[m]) if s.size % 2 else float((s[m - 1] + s[m]) / 2.0)
 
 

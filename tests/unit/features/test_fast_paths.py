@@ -176,3 +176,17 @@ def test_eda_scl_alone_is_the_full_computation() -> None:
     assert counts > 0  # the full computation found SCRs that the partial one skipped
     assert EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",), only=frozenset({"scl", "scr_count"})) == \
         EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 40, 41, 640])
+def test_median_is_np_median(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for trial in range(50):
+        v = rng.standard_normal(n)
+        if trial % 5 == 1:
+            v = np.round(v, 1)  # ties
+        if trial % 5 == 2:
+            v[rng.integers(n)] = np.nan
+        ref = float(np.median(v))
+        got = cardiac._median(v)
+        assert (np.isnan(got) and np.isnan(ref)) if np.isnan(ref) else got == ref
