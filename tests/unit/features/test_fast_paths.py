@@ -178,6 +178,26 @@ def test_eda_scl_alone_is_the_full_computation() -> None:
         EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",))
 
 
+def test_acc_activity_alone_is_the_full_computation() -> None:
+    """``only={"activity"}`` (the default study's acc feature) skips the cadence spectrum; ``enmo``
+    and ``activity`` keep their bits."""
+    from connectors.synth import acc_signal
+    from pipeline.features.motion import MotionExtractor
+
+    x, _ = acc_signal(32.0, 60.0)
+    walking = 0
+    for k in range(0, x.shape[1] - 160, 32):
+        win = x[:, k : k + 160]
+        full = MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3)
+        part = MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3, only=frozenset({"activity"}))
+        assert part["activity"] == full["activity"] and part["enmo"] == full["enmo"] and np.isnan(part["cadence"])
+        walking += full["cadence"] > 0
+    assert walking > 0  # the full computation found a cadence that the partial one skipped
+    win = x[:, 800:960]
+    assert MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3, only=frozenset({"activity", "cadence"})) == \
+        MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 40, 41, 640])
 def test_median_is_np_median(n: int) -> None:
     rng = np.random.default_rng(n)
