@@ -21,6 +21,7 @@ over 60 s windows. NaN when fewer than :data:`MIN_IBI_HR` (resp. :data:`MIN_IBI_
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -160,6 +161,22 @@ def _block_argmax(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
     return (starts + np.argmax(vals, axis=1)).astype(int)
 
 
+@lru_cache(maxsize=16)
+def _box(width: int) -> np.ndarray:
+    """The moving-average kernel ``np.ones(width) / width`` (read-only, cached)."""
+    k = np.ones(width) / width
+    k.flags.writeable = False
+    return k
+
+
+def _run_edges(mask: np.ndarray) -> np.ndarray:
+    """Start and end (exclusive) of each run of True in a 1-D bool array, interleaved:
+    ``np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))``."""
+    padded = np.zeros(mask.size + 2, dtype=np.int8)
+    padded[1:-1] = mask
+    return np.flatnonzero(padded[1:] != padded[:-1])
+
+
 def _merge_close(cand: np.ndarray, height: np.ndarray, min_gap: float) -> list[int]:
     """Indices into ``cand`` kept when candidates closer than ``min_gap`` merge into the higher one."""
     c, h = cand.tolist(), height.tolist()
@@ -186,7 +203,10 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         Which detector.
     """
     x = np.asarray(x, dtype=np.float64)
-    if x.size < int(rate) or not np.isfinite(x).all() or np.ptp(x) == 0:
+    if x.size < int(rate):
+        return np.empty(0)
+    hi, lo = x.max(), x.min()  # NaN propagates into both; an infinity is one of them
+    if not (math.isfinite(hi) and math.isfinite(lo)) or hi == lo:  # not finite, or flat (ptp 0)
         return np.empty(0)
     if kind == "ecg":
         qrs = _filt(x, QRS_BAND_HZ[0], QRS_BAND_HZ[1], rate)
@@ -215,10 +235,10 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         sq = np.square(np.maximum(ppg, 0.0))
         w_peak = max(1, int(round(0.111 * rate)))
         w_beat = max(1, int(round(0.667 * rate)))
-        ma_peak = np.convolve(sq, np.ones(w_peak) / w_peak, mode="same")
-        ma_beat = np.convolve(sq, np.ones(w_beat) / w_beat, mode="same")
-        above = ma_peak > ma_beat + 0.02 * sq.mean()
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
+        ma_peak = np.convolve(sq, _box(w_peak), mode="same")
+        ma_beat = np.convolve(sq, _box(w_beat), mode="same")
+        above = ma_peak > ma_beat + 0.02 * (np.add.reduce(sq) / sq.size)  # + 0.02 * sq.mean(), same bits
+        edges = _run_edges(above)
         starts, ends = edges[::2], edges[1::2]
         keep = (ends - starts) >= w_peak
         cand = _block_argmax(ppg, starts[keep], ends[keep])
@@ -229,7 +249,8 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         beats = _refine(ppg, cand[sel], max(1, int(0.03 * rate)))
     else:
         raise ValueError(f"kind must be 'ecg' or 'ppg', got {kind!r}")
-    beats = np.unique(beats)
+    if beats.size > 1 and not (beats[1:] > beats[:-1]).all():  # strictly increasing: np.unique's result already
+        beats = np.unique(beats)
     return beats / rate
 
 
@@ -262,7 +283,7 @@ def clean_ibi(beats_s: np.ndarray, tolerance: float = 0.3) -> tuple[np.ndarray, 
 def heart_rate(beats_s: np.ndarray) -> float:
     """Heart rate, bpm: 60 over the mean clean IBI; NaN with fewer than :data:`MIN_IBI_HR` IBIs."""
     ibi, ok = clean_ibi(beats_s)
-    if ok.sum() < MIN_IBI_HR:
+    if np.count_nonzero(ok) < MIN_IBI_HR:
         return float("nan")
     return float(60.0 / ibi[ok].mean())
 

@@ -41,6 +41,12 @@ def _refine_loop(sig: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
     return out
 
 
+def test_run_edges_of_constant_masks() -> None:
+    for n in (0, 1, 5):
+        assert cardiac._run_edges(np.zeros(n, dtype=bool)).tolist() == []
+        assert cardiac._run_edges(np.ones(n, dtype=bool)).tolist() == ([0, n] if n else [])
+
+
 def test_refine_and_block_argmax_equal_loops() -> None:
     rng = np.random.default_rng(0)
     for trial in range(500):
@@ -53,6 +59,7 @@ def test_refine_and_block_argmax_equal_loops() -> None:
         assert np.array_equal(cardiac._refine(sig, idx, half), _refine_loop(sig, idx, half))
         above = rng.random(n) < 0.5
         edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
+        assert np.array_equal(cardiac._run_edges(above), edges)
         st, en = edges[::2], edges[1::2]
         ref = np.array([a + int(np.argmax(sig[a:b])) for a, b in zip(st, en, strict=True)], dtype=int)
         assert np.array_equal(cardiac._block_argmax(sig, st, en), ref)
