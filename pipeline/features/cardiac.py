@@ -303,6 +303,7 @@ def hrv(beats_s: np.ndarray) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=256)
 def _pick_channel(channels: tuple[str, ...]) -> int:
     """Lead II / MLII / Pleth if named, else the first channel."""
     for pref in ("II", "MLII", "ECG", "PLETH", "PPG"):
@@ -326,7 +327,7 @@ class HeartRateExtractor:
         self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
     ) -> dict[str, float]:
         """Heart rate of the window."""
-        i = _pick_channel(channels)
+        i = _pick_channel(tuple(channels))
         x = to_unit(data[i : i + 1], units[i : i + 1], "mV")[0] if self.kind == "ecg" else data[i]
         return {"hr": heart_rate(detect_beats(x, sample_rate, self.kind))}
 
@@ -345,5 +346,5 @@ class HrvExtractor:
         self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
     ) -> dict[str, float]:
         """HRV of the window."""
-        i = _pick_channel(channels)
+        i = _pick_channel(tuple(channels))
         return hrv(detect_beats(data[i], sample_rate, self.kind))
