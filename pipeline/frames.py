@@ -356,8 +356,10 @@ def _int_field(obj: dict[str, Any], key: str, low: int = 0) -> int:
 
 
 #: Channel/unit lists and device ids already found valid (validity depends on the strings only, so
-#: a hit skips the per-string checks; bounded so that junk cannot grow it).
-_VALID_LISTS: set[tuple[str, ...]] = set()
+#: a hit skips the per-string checks; bounded so that junk cannot grow it). A list maps to the first
+#: equal tuple seen, which the frame then carries: the frames of a stream share one tuple, so the
+#: windower's and the processor's layout checks and lookups find it by identity.
+_VALID_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _VALID_IDS: set[str] = set()
 _MAX_MEMO = 4096
 
@@ -367,15 +369,16 @@ def _str_list(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     if type(v) is list:
         t = tuple(v)
         try:
-            if t in _VALID_LISTS:
-                return t
+            known = _VALID_LISTS.get(t)
         except TypeError:  # unhashable entries: the full check below rejects them
-            pass
+            known = None
+        if known is not None:
+            return known
     if not isinstance(v, list) or not all(isinstance(s, str) and _NAME_RE.match(s) for s in v):
         raise FrameError("bad_field", f"'{key}' must be a list of 1-64 character strings, got {v!r:.80}")
     t = tuple(v)
     if len(_VALID_LISTS) < _MAX_MEMO and all(type(s) is str for s in t):
-        _VALID_LISTS.add(t)
+        _VALID_LISTS[t] = t
     return t
 
 
