@@ -96,8 +96,12 @@ def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
     if x.ndim != 1 or x.dtype != np.float64 or x.size < 1:
         return scipy.signal.sosfiltfilt(_sos(low, high, rate), x, padlen=padlen)
     sos, zi = _sos_zi(low, high, rate)
-    if padlen > 0:  # scipy.signal._arraytools.odd_ext
-        ext = np.concatenate((2 * x[:1] - x[padlen:0:-1], x, 2 * x[-1:] - x[-2 : -(padlen + 2) : -1]))
+    if padlen > 0:  # scipy.signal._arraytools.odd_ext, written into one array
+        n = x.size
+        ext = np.empty(n + 2 * padlen)
+        np.subtract(2 * x[0], x[padlen:0:-1], out=ext[:padlen])
+        ext[padlen : padlen + n] = x
+        np.subtract(2 * x[-1], x[-2 : -(padlen + 2) : -1], out=ext[padlen + n :])
     else:
         ext = x.copy()
     if _sosfilt is None:  # pragma: no cover - scipy without the private kernel
