@@ -438,5 +438,5 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
     if not 1 <= n <= MAX_SAMPLES_PER_FRAME:
         raise FrameError("shape_mismatch", f"{n} samples per channel, allowed 1-{MAX_SAMPLES_PER_FRAME}")
     # samples are read-only here (_samples_from, _as_float32): a frame's samples never change
-    nonfinite = 0 if np.isfinite(samples).all() else int(samples.size - np.count_nonzero(np.isfinite(samples)))
+    nonfinite = int(samples.size - np.count_nonzero(np.isfinite(samples)))  # one C count, no .all() wrapper
     return _frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite)
