@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.features.base import mean1d
 from pipeline.features.spec import FeatureSpec
 
 __all__ = [
@@ -183,8 +184,7 @@ def _feature_value(array: np.ndarray, pick: int | np.ndarray | None) -> float:
         return float(array[pick])
     picked = array[pick]
     picked = picked[np.isfinite(picked)]
-    # np.mean(picked): the pairwise sum (add.reduce) divided by the count, without mean's generic path
-    return float(np.add.reduce(picked) / picked.size) if picked.size else math.nan
+    return mean1d(picked) if picked.size else math.nan
 
 
 def _region_of(channel: str, prefixes: tuple[str, ...]) -> bool:

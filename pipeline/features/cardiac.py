@@ -32,7 +32,7 @@ try:  # the compiled kernel behind scipy.signal.sosfilt (see _filt)
 except ImportError:  # pragma: no cover
     _sosfilt = None
 
-from pipeline.features.base import to_unit
+from pipeline.features.base import mean1d, to_unit
 from pipeline.features.spec import FeatureSpec
 
 __all__ = [
@@ -241,7 +241,7 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         w_beat = max(1, int(round(0.667 * rate)))
         ma_peak = np.convolve(sq, _box(w_peak), mode="same")
         ma_beat = np.convolve(sq, _box(w_beat), mode="same")
-        above = ma_peak > ma_beat + 0.02 * (np.add.reduce(sq) / sq.size)  # + 0.02 * sq.mean(), same bits
+        above = ma_peak > ma_beat + 0.02 * mean1d(sq)
         edges = _run_edges(above)
         starts, ends = edges[::2], edges[1::2]
         keep = (ends - starts) >= w_peak
@@ -289,7 +289,7 @@ def heart_rate(beats_s: np.ndarray) -> float:
     ibi, ok = clean_ibi(beats_s)
     if np.count_nonzero(ok) < MIN_IBI_HR:
         return float("nan")
-    return float(60.0 / ibi[ok].mean())
+    return 60.0 / mean1d(ibi[ok])
 
 
 def hrv(beats_s: np.ndarray) -> dict[str, float]:

@@ -217,3 +217,14 @@ def test_median_is_np_median(n: int) -> None:
         ref = float(np.median(v))
         got = cardiac._median(v)
         assert (np.isnan(got) and np.isnan(ref)) if np.isnan(ref) else got == ref
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 127, 128, 129, 640, 4097])
+def test_mean1d_is_bitwise_ndarray_mean(n: int) -> None:
+    from pipeline.features.base import mean1d
+
+    rng = np.random.default_rng(n)
+    for scale in (1e-300, 1.0, 1e5, 1e300):
+        v = rng.standard_normal(2 * n) * scale
+        for a in (v[:n], v[::2]):  # contiguous and strided
+            assert mean1d(a) == float(a.mean())
