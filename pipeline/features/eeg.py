@@ -253,12 +253,11 @@ class EegExtractor:
                 _time_domain(x, rate, rows[_TD])
         else:
             pr = _psd_range_memo(x, plan, memo, start)
-            if relative_only:
-                pass
-            elif memo.block:
-                _time_domain_memo(x, rate, memo, start, rows[_TD])
-            else:
-                _time_domain(x, rate, rows[_TD])
+            if not relative_only:
+                if memo.block:
+                    _time_domain_memo(x, rate, memo, start, rows[_TD])
+                else:
+                    _time_domain(x, rate, rows[_TD])
         if relative_only:
             _relative(pr, rows, plan)
             rows[: len(BANDS)] = np.nan  # the absolute powers, still linear: not released
