@@ -47,6 +47,7 @@ MAX_SAMPLE_RATE_HZ = 192_000.0
 MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@-]+$")
 _NAME_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
+_F32 = np.dtype("<f4")  #: the samples' type: little-endian float32
 
 #: Reason codes a :class:`FrameError` may carry.
 REASONS = (
@@ -313,7 +314,8 @@ def _samples_from(obj: dict[str, Any], encoding: str) -> np.ndarray:
         n = total // n_ch
         if "n" in obj and obj["n"] != n:
             raise FrameError("shape_mismatch", f"'n' says {obj['n']!r} samples per channel, data holds {n}")
-        return np.frombuffer(raw, dtype="<f4").reshape(n_ch, n)
+        # read-only: a view of the message's immutable bytes (a bytearray is copied first)
+        return np.frombuffer(raw if type(raw) is bytes else bytes(raw), _F32).reshape(n_ch, n)
     if not isinstance(raw, list) or len(raw) != n_ch:
         got = len(raw) if isinstance(raw, list) else type(raw).__name__
         raise FrameError("shape_mismatch", f"'samples' must be a list of {n_ch} channel lists, got {got}")
@@ -332,12 +334,14 @@ def _samples_from(obj: dict[str, Any], encoding: str) -> np.ndarray:
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a read-only C-contiguous little-endian float32 array (a copy unless it is one)."""
     if arr.ndim != 2:
         raise FrameError("shape_mismatch", f"samples must be 2-D (channels x samples), got {arr.ndim}-D")
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise FrameError("bad_field", f"samples must be real numbers, got dtype {arr.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(arr, dtype="<f4")
+        out = np.ascontiguousarray(arr, dtype=_F32)
+    out.flags.writeable = False
     return out
 
 
@@ -352,8 +356,10 @@ def _int_field(obj: dict[str, Any], key: str, low: int = 0) -> int:
 
 
 #: Channel/unit lists and device ids already found valid (validity depends on the strings only, so
-#: a hit skips the per-string checks; bounded so that junk cannot grow it).
-_VALID_LISTS: set[tuple[str, ...]] = set()
+#: a hit skips the per-string checks; bounded so that junk cannot grow it). A list maps to the first
+#: equal tuple seen, which the frame then carries: the frames of a stream share one tuple, so the
+#: windower's and the processor's layout checks and lookups find it by identity.
+_VALID_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _VALID_IDS: set[str] = set()
 _MAX_MEMO = 4096
 
@@ -363,15 +369,16 @@ def _str_list(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     if type(v) is list:
         t = tuple(v)
         try:
-            if t in _VALID_LISTS:
-                return t
+            known = _VALID_LISTS.get(t)
         except TypeError:  # unhashable entries: the full check below rejects them
-            pass
+            known = None
+        if known is not None:
+            return known
     if not isinstance(v, list) or not all(isinstance(s, str) and _NAME_RE.match(s) for s in v):
         raise FrameError("bad_field", f"'{key}' must be a list of 1-64 character strings, got {v!r:.80}")
     t = tuple(v)
     if len(_VALID_LISTS) < _MAX_MEMO and all(type(s) is str for s in t):
-        _VALID_LISTS.add(t)
+        _VALID_LISTS[t] = t
     return t
 
 
@@ -430,6 +437,6 @@ def _build(obj: dict[str, Any], samples: np.ndarray) -> Frame:
     n = samples.shape[1]
     if not 1 <= n <= MAX_SAMPLES_PER_FRAME:
         raise FrameError("shape_mismatch", f"{n} samples per channel, allowed 1-{MAX_SAMPLES_PER_FRAME}")
-    nonfinite = 0 if np.isfinite(samples).all() else int(samples.size - np.count_nonzero(np.isfinite(samples)))
-    samples.flags.writeable = False
+    # samples are read-only here (_samples_from, _as_float32): a frame's samples never change
+    nonfinite = int(samples.size - np.count_nonzero(np.isfinite(samples)))  # one C count, no .all() wrapper
     return _frame(device, modality, stream, seq, capture_ns, send_ns, float(rate), channels, units, samples, nonfinite)

@@ -132,6 +132,7 @@ class Processor:
         self._window_overrides = dict(windows or {})
         self._clock = clock
         self._sets: dict[str, tuple[FeatureSet, ...]] = {}
+        self._active: dict[str, tuple[FeatureSet, ...]] = {}  # stream -> _active_sets(stream)
         self._windowers: dict[tuple[str, str, str], Windower] = {}
         self._specs: dict[tuple[str, tuple[str, ...], float], tuple[FeatureSpec, ...]] = {}
         self._raw_names: dict[tuple[str, tuple[str, ...], float], tuple[str, ...]] = {}
@@ -179,12 +180,14 @@ class Processor:
         by_stream = self.stats.frames_by_stream
         by_stream[frame.stream] = by_stream.get(frame.stream, 0) + 1
         out = Outcome(
-            frame=FrameRef(frame.device_id, frame.stream, frame.seq, frame.n_samples, frame.sample_rate, frame.capture_ns)
+            frame=FrameRef(frame.device_id, frame.stream, frame.seq, frame.samples.shape[1], frame.sample_rate,
+                           frame.capture_ns)
         )
         self._last_seen[frame.device_id] = self._idle_clock()
-        for fs in self._feature_sets(frame.stream):
-            if self.study is not None and fs.name not in self.study.sets:
-                continue  # the study does not ask for this feature set: no window is even cut
+        active = self._active.get(frame.stream)
+        if active is None:
+            active = self._active[frame.stream] = self._active_sets(frame.stream)
+        for fs in active:
             wkey = (frame.device_id, frame.stream, fs.name)
             windower = self._windowers.get(wkey)
             if windower is None:
@@ -217,6 +220,14 @@ class Processor:
         if sets is None:
             sets = self._sets[stream] = feature_sets(stream, self._window_overrides)
         return sets
+
+    def _active_sets(self, stream: str) -> tuple[FeatureSet, ...]:
+        """The stream's feature sets whose windows are cut: all of them, or in study mode those the
+        study asks for (for the others no window is even cut)."""
+        sets = self._feature_sets(stream)
+        if self.study is None:
+            return sets
+        return tuple(fs for fs in sets if fs.name in self.study.sets)
 
     def _specs_for(self, fs: FeatureSet, window: Window) -> tuple[FeatureSpec, ...]:
         """The set's specs for the window's layout, named with public channel labels (same order

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.features.base import mean1d
 from pipeline.features.spec import FeatureSpec
 
 __all__ = [
@@ -183,7 +184,7 @@ def _feature_value(array: np.ndarray, pick: int | np.ndarray | None) -> float:
         return float(array[pick])
     picked = array[pick]
     picked = picked[np.isfinite(picked)]
-    return float(np.mean(picked)) if picked.size else math.nan
+    return mean1d(picked) if picked.size else math.nan
 
 
 def _region_of(channel: str, prefixes: tuple[str, ...]) -> bool:
@@ -485,10 +486,12 @@ class ReportBuilder:
             n = len(s.features)
             cur = self._open[key] = _Period(first, np.zeros(n), np.zeros(n, dtype=np.int64))
         array = np.asarray(array, dtype=np.float64)
-        v = np.array([_feature_value(array, p) for p in self._picks(s, names)])
-        ok = np.isfinite(v)
-        cur.sums[ok] += v[ok]
-        cur.counts += ok
+        sums, counts = cur.sums, cur.counts
+        for i, pick in enumerate(self._picks(s, names)):  # a handful of features: scalar steps beat array calls
+            v = _feature_value(array, pick)
+            if math.isfinite(v):
+                sums[i] += v  # the same float64 addition as the array form sums[ok] += v[ok]
+                counts[i] += 1
         cur.windows += 1
         cur.last_window = window_index
         return out

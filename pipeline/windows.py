@@ -251,7 +251,7 @@ class Windower:
         self.stats.frames += 1
         out: list[Window] = []
         seg = self._seg
-        n = frame.n_samples
+        n = frame.samples.shape[1]  # frame.n_samples
         if seg is not None and (
             frame.sample_rate != seg.sample_rate
             or (frame.channels is not seg.channels and frame.channels != seg.channels)
@@ -307,9 +307,11 @@ class Windower:
             seg.nonfinite.add(rel)
         seg.max_rel = new_max
         seg.received[rel] = frame.capture_ns
-        seg.last_capture_ns = max(seg.last_capture_ns, frame.capture_ns)
-        self._write(seg, frame.samples, fs, max(fs, w_lo))
-        seg.high = max(seg.high, fe)
+        if frame.capture_ns > seg.last_capture_ns:
+            seg.last_capture_ns = frame.capture_ns
+        self._write(seg, frame.samples, fs, fs if fs >= w_lo else w_lo)
+        if fe > seg.high:
+            seg.high = fe
         e = w_lo + seg.n_len  # the next pending window: skip the call while it surely waits
         if e <= seg.high or new_max > (e - 1) // n + self.spec.reorder_frames:
             self._judge(seg, new_max, before=None, send_ns=frame.send_ns, out=out)
@@ -469,6 +471,9 @@ class Windower:
         start = lo % seg.capacity
         count = n - a
         first = min(count, seg.capacity - start)
+        if first == n:  # the whole frame in one run (the usual case): no slice of it needed
+            seg.ring[:, start : start + n] = samples
+            return
         seg.ring[:, start : start + first] = samples[:, a : a + first]
         if first < count:
             seg.ring[:, : count - first] = samples[:, a + first :]

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.features.spec import FeatureSpec
 from pipeline.named import NamedValues
 
-__all__ = ["Extractor", "FeatureValues", "UNIT_SCALE", "to_unit"]
+__all__ = ["Extractor", "FeatureValues", "UNIT_SCALE", "mean1d", "to_unit"]
 
 #: What extractors with many features return (see :class:`pipeline.named.NamedValues`).
 FeatureValues = NamedValues
@@ -68,6 +68,13 @@ def _scales(units: tuple[str, ...], target: str) -> np.ndarray | None:
         return None
     scales.flags.writeable = False
     return scales
+
+
+def mean1d(a: np.ndarray) -> float:
+    """``a.mean()`` of a non-empty 1-D float64 array, bitwise: the pairwise sum (``np.add.reduce``,
+    what ``mean`` sums with) divided by the count, without ``mean``'s generic Python path (a few
+    microseconds, more than summing a window of a few hundred samples)."""
+    return float(np.add.reduce(a) / a.size)
 
 
 def nan_features(specs: tuple[FeatureSpec, ...]) -> dict[str, float]:

@@ -21,6 +21,7 @@ over 60 s windows. NaN when fewer than :data:`MIN_IBI_HR` (resp. :data:`MIN_IBI_
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -31,7 +32,7 @@ try:  # the compiled kernel behind scipy.signal.sosfilt (see _filt)
 except ImportError:  # pragma: no cover
     _sosfilt = None
 
-from pipeline.features.base import to_unit
+from pipeline.features.base import mean1d, to_unit
 from pipeline.features.spec import FeatureSpec
 
 __all__ = [
@@ -95,8 +96,12 @@ def _filt(x: np.ndarray, low: float, high: float, rate: float) -> np.ndarray:
     if x.ndim != 1 or x.dtype != np.float64 or x.size < 1:
         return scipy.signal.sosfiltfilt(_sos(low, high, rate), x, padlen=padlen)
     sos, zi = _sos_zi(low, high, rate)
-    if padlen > 0:  # scipy.signal._arraytools.odd_ext
-        ext = np.concatenate((2 * x[:1] - x[padlen:0:-1], x, 2 * x[-1:] - x[-2 : -(padlen + 2) : -1]))
+    if padlen > 0:  # scipy.signal._arraytools.odd_ext, written into one array
+        n = x.size
+        ext = np.empty(n + 2 * padlen)
+        np.subtract(2 * x[0], x[padlen:0:-1], out=ext[:padlen])
+        ext[padlen : padlen + n] = x
+        np.subtract(2 * x[-1], x[-2 : -(padlen + 2) : -1], out=ext[padlen + n :])
     else:
         ext = x.copy()
     if _sosfilt is None:  # pragma: no cover - scipy without the private kernel
@@ -160,6 +165,22 @@ def _block_argmax(x: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nda
     return (starts + np.argmax(vals, axis=1)).astype(int)
 
 
+@lru_cache(maxsize=16)
+def _box(width: int) -> np.ndarray:
+    """The moving-average kernel ``np.ones(width) / width`` (read-only, cached)."""
+    k = np.ones(width) / width
+    k.flags.writeable = False
+    return k
+
+
+def _run_edges(mask: np.ndarray) -> np.ndarray:
+    """Start and end (exclusive) of each run of True in a 1-D bool array, interleaved:
+    ``np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))``."""
+    padded = np.zeros(mask.size + 2, dtype=np.int8)
+    padded[1:-1] = mask
+    return np.flatnonzero(padded[1:] != padded[:-1])
+
+
 def _merge_close(cand: np.ndarray, height: np.ndarray, min_gap: float) -> list[int]:
     """Indices into ``cand`` kept when candidates closer than ``min_gap`` merge into the higher one."""
     c, h = cand.tolist(), height.tolist()
@@ -186,7 +207,10 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         Which detector.
     """
     x = np.asarray(x, dtype=np.float64)
-    if x.size < int(rate) or not np.isfinite(x).all() or np.ptp(x) == 0:
+    if x.size < int(rate):
+        return np.empty(0)
+    hi, lo = x.max(), x.min()  # NaN propagates into both; an infinity is one of them
+    if not (math.isfinite(hi) and math.isfinite(lo)) or hi == lo:  # not finite, or flat (ptp 0)
         return np.empty(0)
     if kind == "ecg":
         qrs = _filt(x, QRS_BAND_HZ[0], QRS_BAND_HZ[1], rate)
@@ -215,10 +239,10 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         sq = np.square(np.maximum(ppg, 0.0))
         w_peak = max(1, int(round(0.111 * rate)))
         w_beat = max(1, int(round(0.667 * rate)))
-        ma_peak = np.convolve(sq, np.ones(w_peak) / w_peak, mode="same")
-        ma_beat = np.convolve(sq, np.ones(w_beat) / w_beat, mode="same")
-        above = ma_peak > ma_beat + 0.02 * sq.mean()
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
+        ma_peak = np.convolve(sq, _box(w_peak), mode="same")
+        ma_beat = np.convolve(sq, _box(w_beat), mode="same")
+        above = ma_peak > ma_beat + 0.02 * mean1d(sq)
+        edges = _run_edges(above)
         starts, ends = edges[::2], edges[1::2]
         keep = (ends - starts) >= w_peak
         cand = _block_argmax(ppg, starts[keep], ends[keep])
@@ -229,15 +253,18 @@ def detect_beats(x: np.ndarray, rate: float, kind: str) -> np.ndarray:
         beats = _refine(ppg, cand[sel], max(1, int(0.03 * rate)))
     else:
         raise ValueError(f"kind must be 'ecg' or 'ppg', got {kind!r}")
-    beats = np.unique(beats)
+    if beats.size > 1 and not (beats[1:] > beats[:-1]).all():  # strictly increasing: np.unique's result already
+        beats = np.unique(beats)
     return beats / rate
 
 
 def _median(v: np.ndarray) -> float:
-    """``np.median`` of a non-empty 1-D array without NaN (same value: the middle element, or the
-    mean of the two middle elements), without its generic-reduction overhead."""
+    """``np.median`` of a non-empty 1-D float64 array (same value: the middle element, or the mean
+    of the two middle elements; NaN if any element is NaN), without its generic-reduction overhead."""
     s = np.sort(v)
     m = s.size // 2
+    if s[-1] != s[-1]:  # the sort puts NaN last; np.median is then NaN
+        return float("nan")
     return float(s[m]) if s.size % 2 else float((s[m - 1] + s[m]) / 2.0)
 
 
@@ -260,9 +287,9 @@ def clean_ibi(beats_s: np.ndarray, tolerance: float = 0.3) -> tuple[np.ndarray, 
 def heart_rate(beats_s: np.ndarray) -> float:
     """Heart rate, bpm: 60 over the mean clean IBI; NaN with fewer than :data:`MIN_IBI_HR` IBIs."""
     ibi, ok = clean_ibi(beats_s)
-    if ok.sum() < MIN_IBI_HR:
+    if np.count_nonzero(ok) < MIN_IBI_HR:
         return float("nan")
-    return float(60.0 / ibi[ok].mean())
+    return 60.0 / mean1d(ibi[ok])
 
 
 def hrv(beats_s: np.ndarray) -> dict[str, float]:
@@ -280,6 +307,7 @@ def hrv(beats_s: np.ndarray) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=256)
 def _pick_channel(channels: tuple[str, ...]) -> int:
     """Lead II / MLII / Pleth if named, else the first channel."""
     for pref in ("II", "MLII", "ECG", "PLETH", "PPG"):
@@ -303,7 +331,7 @@ class HeartRateExtractor:
         self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
     ) -> dict[str, float]:
         """Heart rate of the window."""
-        i = _pick_channel(channels)
+        i = _pick_channel(tuple(channels))
         x = to_unit(data[i : i + 1], units[i : i + 1], "mV")[0] if self.kind == "ecg" else data[i]
         return {"hr": heart_rate(detect_beats(x, sample_rate, self.kind))}
 
@@ -322,5 +350,5 @@ class HrvExtractor:
         self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
     ) -> dict[str, float]:
         """HRV of the window."""
-        i = _pick_channel(channels)
+        i = _pick_channel(tuple(channels))
         return hrv(detect_beats(data[i], sample_rate, self.kind))

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.signal
 
 from pipeline.features.base import to_unit
-from pipeline.features.cardiac import _filt
+from pipeline.features.cardiac import _filt, _median
 from pipeline.features.spec import FeatureSpec
 
 __all__ = ["EdaExtractor", "SCR_MIN_AMPLITUDE_US"]
@@ -54,7 +54,7 @@ class EdaExtractor:
             return {"scl": float(np.median(x)) if x.size else float("nan"), "scr_count": 0.0, "scr_amplitude": float("nan")}
         y = _filt(x, 0.0, 1.0, sample_rate) if sample_rate > 2.5 else x
         if only is not None and not only & {"scr_count", "scr_amplitude"}:
-            return {"scl": float(np.median(y)), "scr_count": float("nan"), "scr_amplitude": float("nan")}
+            return {"scl": _median(y), "scr_count": float("nan"), "scr_amplitude": float("nan")}
         peaks, props = scipy.signal.find_peaks(y, prominence=SCR_MIN_AMPLITUDE_US)
         amps = []
         for p, left in zip(peaks, props["left_bases"], strict=True):
@@ -63,7 +63,7 @@ class EdaExtractor:
                 amps.append(y[p] - y[left:p + 1].min())
         amps_a = np.asarray([a for a in amps if a >= SCR_MIN_AMPLITUDE_US])
         return {
-            "scl": float(np.median(y)),
+            "scl": _median(y),
             "scr_count": float(amps_a.size),
             "scr_amplitude": float(amps_a.mean()) if amps_a.size else float("nan"),
         }

@@ -154,6 +154,10 @@ class _Plan:
     index: dict[str, int]  # name -> position in names
     faa: tuple[int, int] | None  # (right, left) channel indices
     specs: tuple[FeatureSpec, ...]
+    # the bands cover every 1-45 Hz bin and the bin width is at least 1 Hz: a channel's band powers
+    # then sum to 0 only if all its 1-45 Hz bins are 0 (no product df * power underflows), which
+    # already makes its relative powers NaN (0 / 0): they need no other feature's NaN rules
+    relative_alone: bool = False
 
 
 #: Rows of one block's statistics in :attr:`_Memo.ring`: the even rows 0, 2, 4, 6 hold the block's
@@ -200,6 +204,8 @@ class EegExtractor:
 
     #: :meth:`compute` accepts a :class:`~pipeline.windows.WindowCache` (see the module docstring).
     incremental = True
+    #: :meth:`compute` accepts ``only`` (the features the caller reads; the others may be NaN).
+    partial = True
 
     def __init__(self, segment_s: float = 1.0) -> None:
         self.segment_s = float(segment_s)
@@ -220,31 +226,43 @@ class EegExtractor:
         *,
         cache: WindowCache | None = None,
         start: int = 0,
+        only: frozenset[str] | None = None,
     ) -> FeatureValues:
         """Features of one window ``data`` (n_channels, n_samples) in ``units`` (converted to uV).
 
         ``cache`` (the windower segment's cache) and ``start`` (the window's position in the segment,
         :attr:`~pipeline.windows.Window.start_sample`) enable the incremental computation; the caller
-        guarantees that ``data`` holds only received samples (``missing_fraction == 0``).
+        guarantees that ``data`` holds only received samples (``missing_fraction == 0``). ``only``:
+        the base feature names the caller reads; when they are all relative band powers (the
+        default study reads ``alpha_rel``, ``theta_rel`` and ``beta_rel``), only the spectrum and the
+        relative powers are computed (bitwise those of the full computation) and every other value is
+        NaN: no time-domain statistics, spectral edge, entropy or logarithms.
         """
         rate = float(sample_rate)
         plan = self._plan(tuple(channels), rate, data.shape[1])
         x = to_unit(np.asarray(data, dtype=np.float64), units, "uV")
         n_ch = x.shape[0]
-        out = np.empty(len(plan.names))
+        relative_only = only is not None and plan.relative_alone and only <= _RELATIVE
+        out = np.full(len(plan.names), np.nan) if relative_only else np.empty(len(plan.names))
         # per-channel features, feature-major; rows _TD hold var x, var x', var x'', line length
         rows = out[: _N_ROWS * n_ch].reshape(_N_ROWS, n_ch)
         memo = self._memo(cache, plan, x.shape[1], start) if cache is not None else None
         if memo is None:
             pr = self.psd(x, plan)[:, plan.range_sl]
-            _time_domain(x, rate, rows[_TD])
+            if not relative_only:
+                _time_domain(x, rate, rows[_TD])
         else:
             pr = _psd_range_memo(x, plan, memo, start)
-            if memo.block:
-                _time_domain_memo(x, rate, memo, start, rows[_TD])
-            else:
-                _time_domain(x, rate, rows[_TD])
-        self._values(pr, out, plan)
+            if not relative_only:
+                if memo.block:
+                    _time_domain_memo(x, rate, memo, start, rows[_TD])
+                else:
+                    _time_domain(x, rate, rows[_TD])
+        if relative_only:
+            _relative(pr, rows, plan)
+            rows[: len(BANDS)] = np.nan  # the absolute powers, still linear: not released
+        else:
+            self._values(pr, out, plan)
         return FeatureValues(plan.names, plan.index, out)
 
     def welch(self, data: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -292,11 +310,8 @@ class EegExtractor:
         nb = len(BANDS)
         rows = out[: _N_ROWS * n_ch].reshape(_N_ROWS, n_ch)
         absp = rows[:nb]
-        # absolute band powers (uV^2) and, in the first relative row for now, the sum over the bins
-        np.matmul(plan.band_matrix_t, pr.T, out=rows[: nb + 1])
+        p = _relative(pr, rows, plan)
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = pr / rows[nb][:, None]
-            np.matmul(plan.band_select_t, p.T, out=rows[nb : 2 * nb])  # relative: sum of p in the band
             # spectral edge: the first bin where the cumulative sum of p reaches 0.95
             above = np.greater_equal(p @ plan.cumulate, SEF_FRACTION)
             plan.range_freqs.take(above.argmax(axis=1), out=rows[2 * nb])
@@ -326,6 +341,27 @@ class EegExtractor:
                 self._plans.clear()
             plan = self._plans[key] = _make_plan(channels, rate, n, self.segment_s)
         return plan
+
+
+#: Base names of the relative band powers (:meth:`EegExtractor.compute`'s ``only`` may skip the rest).
+_RELATIVE = frozenset(f"{band}_rel" for band in BANDS)
+
+
+def _relative(pr: np.ndarray, rows: np.ndarray, plan: _Plan) -> np.ndarray:
+    """Absolute band powers (uV^2, linear) into ``rows[:nb]`` and relative ones into
+    ``rows[nb:2 nb]`` from the 1-45 Hz PSD ``pr``; returns the normalized spectrum ``p``.
+
+    Where a channel has no power in 1-45 Hz, ``p`` and its relative powers are NaN already. With
+    :attr:`_Plan.relative_alone` that is the only case in which :func:`_undefined` would set them
+    to NaN, so they are final here, whatever the other features hold.
+    """
+    nb = len(BANDS)
+    # absolute band powers and, in the first relative row for now, the sum over the bins
+    np.matmul(plan.band_matrix_t, pr.T, out=rows[: nb + 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = pr / rows[nb][:, None]
+        np.matmul(plan.band_select_t, p.T, out=rows[nb : 2 * nb])  # relative: sum of p in the band
+    return p
 
 
 #: Per-channel feature rows of the output (5 absolute, 5 relative band powers, sef95, entropy,
@@ -619,6 +655,7 @@ def _make_plan(channels: tuple[str, ...], rate: float, n: int, segment_s: float)
         range_scale=range_scale, n_seg=n_seg, seg_mean=np.full(n_per_seg, 1.0 / n_per_seg), seg_ones=np.ones(n_per_seg),
         taper_rows=np.tile(taper, (len(channels), 1)), band_select_t=np.ascontiguousarray(band_matrix.T / df),
         rate=rate, names=names, index={name: i for i, name in enumerate(names)}, faa=faa, specs=tuple(specs),
+        relative_alone=bool(in_range.size) and df >= 1.0 and bool(band_matrix.any(axis=1).all()),
     )
 
 

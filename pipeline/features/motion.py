@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-from pipeline.features.base import to_unit
+from pipeline.features.base import mean1d, to_unit
 from pipeline.features.cardiac import _filt
 from pipeline.features.spec import FeatureSpec
 
@@ -47,24 +47,32 @@ def _hanning(n: int) -> np.ndarray:
 class MotionExtractor:
     """Accelerometer features of one window."""
 
+    #: :meth:`compute` accepts ``only`` (the features the caller reads; the others may be NaN).
+    partial = True
+
     def specs(self, channels: tuple[str, ...], sample_rate: float) -> tuple[FeatureSpec, ...]:
         """Always ``(enmo, activity, cadence)``."""
         return ACC_SPECS
 
     def compute(
-        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...]
+        self, data: np.ndarray, sample_rate: float, channels: tuple[str, ...], units: tuple[str, ...],
+        only: frozenset[str] | None = None,
     ) -> dict[str, float]:
-        """ENMO, activity and cadence."""
+        """ENMO, activity and cadence. ``only``: the features the caller reads; without ``cadence``
+        (the default study reads ``activity``) no spectrum is computed and ``cadence`` is NaN (the
+        others are the same either way)."""
         a = to_unit(np.asarray(data, dtype=np.float64), tuple(units), "g")
         r = np.sqrt((a[:3] ** 2).sum(axis=0)) if a.shape[0] >= 3 else np.abs(a[0])
-        enmo = float(np.maximum(r - 1.0, 0.0).mean() * 1000.0)
+        enmo = mean1d(np.maximum(r - 1.0, 0.0)) * 1000.0
         if r.size < 16 or sample_rate < 8:
             return {"enmo": enmo, "activity": float("nan"), "cadence": float("nan")}
         rb = _filt(r, 0.5, 3.0, sample_rate)
-        activity = float(np.abs(rb - rb.mean()).mean() * 1000.0)
+        activity = mean1d(np.abs(rb - mean1d(rb))) * 1000.0
+        if only is not None and "cadence" not in only:
+            return {"enmo": enmo, "activity": activity, "cadence": float("nan")}
         cadence = 0.0
         if activity >= WALK_MIN_ACTIVITY_MG:
-            y = (r - r.mean()) * _hanning(r.size)
+            y = (r - mean1d(r)) * _hanning(r.size)
             n_fft = max(1024, 1 << int(np.ceil(np.log2(r.size))))
             p = np.abs(scipy.fft.rfft(y, n_fft)) ** 2
             f = np.arange(p.size) * sample_rate / n_fft

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.features.base import to_unit
+from pipeline.features.base import mean1d, to_unit
 from pipeline.features.spec import FeatureSpec
 
 __all__ = ["TemperatureExtractor"]
@@ -36,6 +36,7 @@ class TemperatureExtractor:
         if x.size < 2:
             return {"temp_mean": float(x.mean()) if x.size else float("nan"), "temp_slope": float("nan")}
         t = np.arange(x.size) / sample_rate / 60.0
-        tc = t - t.mean()
-        slope = float(np.dot(tc, x - x.mean()) / np.dot(tc, tc))
-        return {"temp_mean": float(x.mean()), "temp_slope": slope}
+        tc = t - mean1d(t)
+        mean = mean1d(x)
+        slope = float(np.dot(tc, x - mean) / np.dot(tc, tc))
+        return {"temp_mean": mean, "temp_slope": slope}

@@ -68,8 +68,15 @@ def test_binary_is_compact() -> None:
     assert len(encode_json(f)) > len(encode_binary(f))
 
 
-def test_decoded_samples_are_read_only() -> None:
-    s = decode_frame(encode_binary(eeg_frame())).samples
+@pytest.mark.parametrize("encoding", ["binary", "json"])
+def test_decoded_samples_are_read_only(encoding: str) -> None:
+    s = decode_frame(encode_frame(eeg_frame(), encoding)).samples
+    with pytest.raises(ValueError):
+        s[0, 0] = 1.0
+
+
+def test_made_frame_samples_are_read_only() -> None:
+    s = make_frame("d", "ppg", 0, 0, 64.0, ["ppg"], "au", np.zeros((1, 8), dtype="<f4")).samples
     with pytest.raises(ValueError):
         s[0, 0] = 1.0
 

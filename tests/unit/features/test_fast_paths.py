@@ -41,6 +41,12 @@ def _refine_loop(sig: np.ndarray, idx: np.ndarray, half: int) -> np.ndarray:
     return out
 
 
+def test_run_edges_of_constant_masks() -> None:
+    for n in (0, 1, 5):
+        assert cardiac._run_edges(np.zeros(n, dtype=bool)).tolist() == []
+        assert cardiac._run_edges(np.ones(n, dtype=bool)).tolist() == ([0, n] if n else [])
+
+
 def test_refine_and_block_argmax_equal_loops() -> None:
     rng = np.random.default_rng(0)
     for trial in range(500):
@@ -53,6 +59,7 @@ def test_refine_and_block_argmax_equal_loops() -> None:
         assert np.array_equal(cardiac._refine(sig, idx, half), _refine_loop(sig, idx, half))
         above = rng.random(n) < 0.5
         edges = np.flatnonzero(np.diff(np.concatenate(([0], above.view(np.int8), [0]))))
+        assert np.array_equal(cardiac._run_edges(above), edges)
         st, en = edges[::2], edges[1::2]
         ref = np.array([a + int(np.argmax(sig[a:b])) for a, b in zip(st, en, strict=True)], dtype=int)
         assert np.array_equal(cardiac._block_argmax(sig, st, en), ref)
@@ -176,3 +183,48 @@ def test_eda_scl_alone_is_the_full_computation() -> None:
     assert counts > 0  # the full computation found SCRs that the partial one skipped
     assert EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",), only=frozenset({"scl", "scr_count"})) == \
         EdaExtractor().compute(x[None, :40], 4.0, ("eda",), ("uS",))
+
+
+def test_acc_activity_alone_is_the_full_computation() -> None:
+    """``only={"activity"}`` (the default study's acc feature) skips the cadence spectrum; ``enmo``
+    and ``activity`` keep their bits."""
+    from connectors.synth import acc_signal
+    from pipeline.features.motion import MotionExtractor
+
+    x, _ = acc_signal(32.0, 60.0)
+    walking = 0
+    for k in range(0, x.shape[1] - 160, 32):
+        win = x[:, k : k + 160]
+        full = MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3)
+        part = MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3, only=frozenset({"activity"}))
+        assert part["activity"] == full["activity"] and part["enmo"] == full["enmo"] and np.isnan(part["cadence"])
+        walking += full["cadence"] > 0
+    assert walking > 0  # the full computation found a cadence that the partial one skipped
+    win = x[:, 800:960]
+    assert MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3, only=frozenset({"activity", "cadence"})) == \
+        MotionExtractor().compute(win, 32.0, ("x", "y", "z"), ("g",) * 3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 40, 41, 640])
+def test_median_is_np_median(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for trial in range(50):
+        v = rng.standard_normal(n)
+        if trial % 5 == 1:
+            v = np.round(v, 1)  # ties
+        if trial % 5 == 2:
+            v[rng.integers(n)] = np.nan
+        ref = float(np.median(v))
+        got = cardiac._median(v)
+        assert (np.isnan(got) and np.isnan(ref)) if np.isnan(ref) else got == ref
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 127, 128, 129, 640, 4097])
+def test_mean1d_is_bitwise_ndarray_mean(n: int) -> None:
+    from pipeline.features.base import mean1d
+
+    rng = np.random.default_rng(n)
+    for scale in (1e-300, 1.0, 1e5, 1e300):
+        v = rng.standard_normal(2 * n) * scale
+        for a in (v[:n], v[::2]):  # contiguous and strided
+            assert mean1d(a) == float(a.mean())

@@ -368,3 +368,45 @@ def test_incremental_and_from_scratch_equal_the_reference_definitions(offset: fl
         n_ch = len(CHANNELS)
         # alpha rows hold log10 powers: ln a - ln b = (log10 a - log10 b) ln 10
         assert got[-1] == pytest.approx((ref[2 * n_ch + 2] - ref[2 * n_ch + 1]) * math.log(10.0), rel=0, abs=1e-9)
+
+
+@pytest.mark.parametrize("spec", [WindowSpec(2.0, 0.5), WindowSpec(2.0, 0.3), WindowSpec(0.5, 0.25, max_missing=0.3)])
+def test_relative_powers_alone_are_bitwise_the_full_computation(spec: WindowSpec) -> None:
+    """``only`` with relative band powers alone (the default study's EEG features) skips the time
+    domain, spectral edge, entropy and logarithms: the relative powers keep their bits (with the
+    cache, warm or not, and without; a flat channel, an all-zero one, a window with a NaN
+    channel), every other value is NaN."""
+    fs = eeg_set(spec)
+    only = frozenset({"alpha_rel", "theta_rel", "beta_rel"})
+    x = signal(80 * N)
+    order = list(range(80))
+    del order[30]  # interpolated windows: computed without the cache
+    full_w, part_w = Windower(spec), Windower(spec)
+    pairs = [(a, b) for f in frames(x, order) for a, b in zip(full_w.push(f), part_w.push(f), strict=True)]
+    assert pairs and any(a.missing_fraction > 0 for a, _ in pairs) and pairs[-1][1].cache is not None
+    odd = x[:, : pairs[0][0].data.shape[1]].astype(np.float64)
+    odd[2] = np.nan  # a channel without one finite sample stays NaN in a window
+    names = fs.extractor.specs(CHANNELS, RATE)
+    rel = np.array([s.name.split(".")[0].endswith("_rel") for s in names])  # all five: one product
+    ext = fs.extractor
+    cases = [(fs.compute(a).array, fs.compute(b, only).array) for a, b in pairs]
+    cases.append((ext.compute(odd, RATE, CHANNELS, ("uV",) * len(CHANNELS)).array,
+                  ext.compute(odd, RATE, CHANNELS, ("uV",) * len(CHANNELS), only=only).array))
+    for full, part in cases:
+        assert np.array_equal(full[rel], part[rel], equal_nan=True)
+        assert np.isnan(part[~rel]).all()
+    assert np.isfinite(cases[0][1][rel]).any() and np.isnan(cases[-1][1][rel]).any()
+    # other features asked for: the full computation
+    both = frozenset({"alpha_rel", "sef95"})
+    assert np.array_equal(ext.compute(odd, RATE, CHANNELS, ("uV",) * len(CHANNELS), only=both).array,
+                          cases[-1][0], equal_nan=True)
+
+
+def test_relative_powers_alone_fall_back_to_the_full_computation_when_bins_are_narrower_than_1_hz() -> None:
+    """With bins under 1 Hz (2-s Welch segments) a product df * power could underflow, so a zero
+    band-power sum would not prove the relative powers NaN: the full computation runs."""
+    ext = EegExtractor(segment_s=2.0)
+    x = signal(4 * 128).astype(np.float64)
+    full = ext.compute(x, RATE, CHANNELS, ("uV",) * len(CHANNELS)).array
+    part = ext.compute(x, RATE, CHANNELS, ("uV",) * len(CHANNELS), only=frozenset({"alpha_rel"})).array
+    assert np.array_equal(full, part, equal_nan=True)
