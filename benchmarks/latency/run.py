@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -271,6 +272,8 @@ def cpu_s(pid: int) -> float:
 
 #: ``--kafka-client`` of the pipeline worker (None: the worker's default).
 KAFKA_CLIENT: list[str | None] = [None]
+#: ``--worker-args``: more ``biopriv worker`` options for the pipeline worker (settings A/B runs).
+WORKER_ARGS: list[str] = []
 
 
 def system_command(system: str, bootstrap: str, group: str, prefix: str, key_file: Path, data_dir: Path,
@@ -284,6 +287,7 @@ def system_command(system: str, bootstrap: str, group: str, prefix: str, key_fil
                 "--log-level", "info"]
         if KAFKA_CLIENT[0] is not None:
             base += ["--kafka-client", KAFKA_CLIENT[0]]
+        base += WORKER_ARGS
         if profile_out is not None:
             return [PY, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile_out), *base]
         return [PY, *base]
@@ -905,31 +909,35 @@ def findings(doc: dict[str, Any]) -> list[str]:
             if split else ""))
     L += [
         "",
-        "What was done (`pipeline/app.py`, `connectors/kafka.py`), largest item first. Before, the worker was a Faust "
-        f"agent: p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms at x1, capacity {b['capacity_frames_per_s']} frames/s, "
-        f"{b['cpu_percent']}% of a core; Faust's per-event path took {b['faust_per_event_percent']}% of the main thread "
-        f"and the checkpoint {b['checkpoint_percent']}% (run b0850c83, git 875007e).",
+        "What was done (`pipeline/app.py`, `connectors/`, `pipeline/features/`), largest item first. Before, the "
+        f"worker was a Faust agent: p50 {b['p50_ms']} ms, p99 {b['p99_ms']} ms at x1, capacity "
+        f"{b['capacity_frames_per_s']} frames/s, {b['cpu_percent']}% of a core; Faust's per-event path took "
+        f"{b['faust_per_event_percent']}% of the main thread and the checkpoint {b['checkpoint_percent']}% (run b0850c83, "
+        "git 875007e).",
         "",
-        "1. **Batches below Faust's per-event path.** The Faust app now hosts one `StreamWorker` service: an aiokafka "
-        "`getmany` -> `Processor.process` -> `send` loop on the event loop, yielding every 2 ms of processing so the "
-        "producer writes releases out during a batch. Gone: the consumer thread hand-off, conductor, one `Event` and "
-        "acknowledgement per message, one `Topic.send` future per release.",
-        "2. **The 1 s checkpoint no longer stalls the loop.** Encoding the records of all 140 devices at once held the "
-        "loop 35-100 ms every second (the p99 of the first batch-loop runs); records are now encoded between batches, "
-        "2 ms at a time, and written by a background task.",
-        "3. **Fewer, fuller fetches.** With `fetch_min_bytes=1` aiokafka issued a fetch per frame or two, each request "
-        "and response coded in pure Python (the largest shell item, ~28% of the loop's wall time); 8 KiB or 5 ms per "
-        "fetch took the worker from 59% to 41% of a core at x1 for ~2 ms more median latency (two A/B pairs).",
-        "4. **uvloop.** The worker's event loop is uvloop (`--event-loop asyncio` switches back): 46-48% against "
-        "50% of a core at x1 in two interleaved A/B pairs, same latency.",
+        "1. **Batches below Faust's per-event path.** The Faust app hosts one `StreamWorker` service: a fetch -> "
+        "`Processor.process` -> send loop over a narrow Kafka port (`connectors/port.py`), yielding every 2 ms of "
+        "processing so that releases go out during a batch.",
+        "2. **The 1 s checkpoint does not stall the loop.** Device records are encoded between batches, 2 ms at a time, "
+        "and written by a background task (encoding all 140 at once held the loop 35-100 ms every second).",
+        "3. **librdkafka behind the port** (`connectors/confluent.py`, the default client): batch consume in a thread, "
+        "idempotent producer without linger; against aiokafka behind the same port, lower p50 and p99 in alternating "
+        "runs (`ab_clients.md`). Fetches return at 8 KiB or 5 ms (`--fetch-min-bytes`, `--fetch-max-wait-ms`).",
+        "4. **Core per frame** (`core.md`): study reports from the window's value array, partial feature computation "
+        "(what the study reads only), cheaper decode, beat detection and EEG relative powers; bitwise the same outputs "
+        "(`benchmarks/core_golden.py`).",
+        "5. **Shell per frame** (`shell.md`, `benchmarks/shell_bench.py`): the loop's own Python is 9-35 us per frame "
+        "and the Kafka client's threads another 33-54 in per-window mode; `busy` above is the core's wall time in the "
+        "live worker, inflated by the other processes on the 2 cores, not the shell's cost.",
         "",
         "Left, largest first:",
         "",
-        "1. **Core cost** (the largest item now): heart-rate, EDA and motion windows re-filter the whole window every "
-        "hop; decode + validation is a sixth of the core; the privacy engine a quarter.",
-        "2. **Fetch coding in Python:** aiokafka encodes every fetch request and decodes every response in pure Python; "
-        "16 KiB / 10 ms fetches (`--fetch-min-bytes`, `--fetch-max-wait-ms`) showed no clear gain over 8 KiB / 5 ms in "
-        "two A/B pairs; fewer partitions per worker would cut it.",
+        "1. **Tail latency at moderate load:** the pipeline's p99 grows faster with load than the Quix Streams peer's "
+        "on the same core, with the worker well below a full core: not CPU. Short A/B runs of `--fetch-min-bytes 1` "
+        "and `--max-batch 50` (`--worker-args`) were dominated by start-up transients; a full-length A/B is to be made.",
+        "2. **Core cost:** frame decode about a quarter of the default study's core, windows a fifth, heart-rate beat "
+        "detection re-filters the whole window every hop (a zero-phase filter: incremental detection would not find "
+        "the same beats).",
         "3. **Scale out:** the raw topics have 6 partitions; on a bigger host, one worker process per core. On this "
         "2-core host the broker and the load generator take most of the second core.",
     ]
@@ -946,7 +954,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"faust-streaming {m['faust_streaming']}, aiokafka {m['aiokafka']}"
         + (f", quixstreams {m['quixstreams']} (librdkafka {m['librdkafka']})" if "quixstreams" in m else "")
         + f"; Kafka {m['kafka_broker']} KRaft on the same host  ",
-        f"Pipeline worker's Kafka client: {doc.get('pipeline_kafka_client', 'aiokafka')}  ",
+        f"Pipeline worker's Kafka client: {doc.get('pipeline_kafka_client', 'aiokafka')}"
+        + (f"; more worker options: `{doc['pipeline_worker_args']}`" if doc.get("pipeline_worker_args") else "") + "  ",
         f"Load average (1, 5, 15 min) before / after: {doc['load_average_before']} / {doc['load_average_after']}  ",
         f"Date: {doc['date']}; run {doc['run_id']}; {'short' if doc['short'] else 'full'} run; code: git "
         f"{doc['code_under_test']['git_head']}"
@@ -1087,6 +1096,8 @@ def main() -> int:
                          "isolated from restarts of the shared one by other users")
     ap.add_argument("--kafka-client", choices=["aiokafka", "confluent"], default=None,
                     help="Kafka client of the pipeline worker (biopriv worker --kafka-client; default: the worker's)")
+    ap.add_argument("--worker-args", default="", metavar="'OPTIONS'",
+                    help="more `biopriv worker` options for the pipeline worker, e.g. '--max-batch 50' (settings A/B runs)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite latest.md from latest.json and profile_worker.txt (no measurement)")
@@ -1121,6 +1132,7 @@ def main() -> int:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     wl = load_workload(args.workload, args.short)
     KAFKA_CLIENT[0] = args.kafka_client
+    WORKER_ARGS[:] = shlex.split(args.worker_args)
     if args.duration is not None:
         ph = wl.phases[0]
         shift = args.duration - (ph.end_s - ph.measure_from_s)
@@ -1269,6 +1281,7 @@ def measure(args: argparse.Namespace, wl: Workload, systems: list[str], t_all: f
         "run_id": run_id,
         "short": args.short,
         "pipeline_kafka_client": args.kafka_client or kafka_client_default(),
+        "pipeline_worker_args": args.worker_args,
         "wall_s": round(time.monotonic() - t_all, 1),
         "machine": machine(),
         "code_under_test": code_state,
