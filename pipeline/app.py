@@ -261,6 +261,8 @@ class StreamWorker(Service):
         self.loaded: dict[int, dict[str, int]] = {}  # partition number -> resume offset per raw topic
         self.consumed: dict[Partition, int] = {}  # next offset to commit, per raw partition
         self.checkpoints = 0
+        #: times the loop stopped fetching until batches' output was acknowledged, and how long in all
+        self.settle_waits, self.settle_wait_s = 0, 0.0
         self.rebuilt_frames = 0
         #: Seals device and header records (the key file's state key).
         self.cipher = StateCipher(processor.engine.keys)
@@ -332,7 +334,10 @@ class StreamWorker(Service):
                 try:
                     self._reap()
                     if self.outage.active or len(self._unsettled) >= MAX_UNSETTLED_BATCHES:
+                        t0 = time.perf_counter()
                         await self._settle_all()  # nothing further is consumed until it is acknowledged
+                        self.settle_waits += 1
+                        self.settle_wait_s += time.perf_counter() - t0
                 except Stopping:  # asked to stop during an outage: those batches are given up
                     self.abandoned = True
                     break
@@ -686,10 +691,12 @@ class StreamWorker(Service):
         s, p = self.processor.stats, self.processor
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
-            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d cpu_loop=%.0f ms cpu_process=%.0f ms",
+            "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d cpu_loop=%.0f ms cpu_process=%.0f ms "
+            "settle_waits=%d (%.0f ms)",
             s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", s.busy_ns / 1e6,
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(), time.thread_time() * 1e3, time.process_time() * 1e3,
+            self.settle_waits, self.settle_wait_s * 1e3,
         )
 
 

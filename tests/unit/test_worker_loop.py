@@ -278,8 +278,10 @@ def test_the_stats_line_splits_the_cpu_into_the_loop_thread_and_the_process(tmp_
 
     worker = asyncio.run(run())
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("frames="))
-    got = re.search(r"frames=(\d+) .*busy=(\d+) ms .*cpu_loop=(\d+) ms cpu_process=(\d+) ms$", line)
+    got = re.search(r"frames=(\d+) .*busy=(\d+) ms .*cpu_loop=(\d+) ms cpu_process=(\d+) ms "
+                    r"settle_waits=(\d+) \((\d+) ms\)$", line)
     assert got is not None, line
-    frames, _busy, loop, process = (int(g) for g in got.groups())
+    frames, _busy, loop, process, waits, _wait_ms = (int(g) for g in got.groups())
     assert frames == worker.processor.stats.frames > 0
     assert 0 < loop <= process  # the loop's thread is one of the process's
+    assert waits == worker.settle_waits
