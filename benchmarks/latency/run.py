@@ -634,7 +634,7 @@ PROFILE_AREAS = (
     ("durable-state checkpoint (StreamWorker._checkpoint_step/_write, pipeline.state)", lambda f: True, "pipeline/state.py"),
     ("durable-state checkpoint (StreamWorker._checkpoint_step/_write, pipeline.state)", lambda f: True,
      "pipeline/durability.py"),
-    ("publishing releases (StreamWorker._publish -> AIOKafkaProducer.send)", lambda f: f.endswith("_publish"), "pipeline/app.py"),
+    ("publishing releases (StreamWorker._publish -> the port's send)", lambda f: f.endswith("_publish"), "pipeline/app.py"),
     ("Kafka fetch (aiokafka Fetcher: fetch requests and responses coded in Python)", lambda f: True, "aiokafka/consumer/fetcher.py"),
     ("idle (event loop waiting in epoll)", lambda f: "epoll" in f or f.endswith("select"), ""),
     # uvloop's loop is C: its epoll wait and scheduling show as self time of mode's Worker frame
@@ -704,10 +704,10 @@ def profile_summary(text_tree: Path, top: int = 12) -> dict[str, Any]:
             key = f"{fn} ({path_file.split('site-packages/')[-1]})"
             shell_self[key] = shell_self.get(key, 0.0) + self_t
     shell = sum(shell_self.values())
-    areas["rest of the shell: aiokafka producer and consumer, asyncio, mode (by self time)"] = shell
+    areas["rest of the shell: the Kafka port and client, asyncio, mode (by self time)"] = shell
     items = sorted(shell_self.items(), key=lambda kv: -kv[1])[:top]
     return {
-        "profiler": "pyinstrument, the worker process's event-loop thread (consumer, processing and producer all run on it)",
+        "profiler": "pyinstrument, the worker process's event-loop thread (processing, sends and checkpoints; the Kafka client's consume and delivery-report threads are not in it)",
         "wall_s": wall,
         "areas_percent_of_wall": {k: round(100 * v / wall, 1) for k, v in sorted(areas.items(), key=lambda kv: -kv[1])},
         "areas_s": {k: round(v, 2) for k, v in areas.items()},
