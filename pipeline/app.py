@@ -275,9 +275,10 @@ class StreamWorker(Service):
         self.last_checkpoint: float | None = None  # monotonic time of the last checkpoint written
         self.recovering = 0  # recoveries under way
         self.loop_running = False  # the consumer joined and the loop runs
-        from pipeline.metrics import WorkerMetrics
+        from pipeline.metrics import GcPauses, WorkerMetrics
 
         self.metrics = WorkerMetrics(self)
+        self.gc_pauses = GcPauses()
         self.meta_written: set[int] = set()  # state partitions given layout and key records
         self.verified: set[int] = set()  # state partitions whose layout and key records were checked
         self._writing: asyncio.Task[None] | None = None  # the checkpoint being written
@@ -297,6 +298,7 @@ class StreamWorker(Service):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        self.gc_pauses.install()
         await self.port.start(self.assign, self.revoke)
         self._port_open = True
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
@@ -326,6 +328,7 @@ class StreamWorker(Service):
             log.exception("final checkpoint failed")
         if self._port_open:
             await self.port.stop()
+        self.gc_pauses.uninstall()
 
     @Service.task
     async def _consume(self) -> None:
@@ -692,11 +695,12 @@ class StreamWorker(Service):
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
             "checkpoints=%d rebuilt_frames=%d devices=%d parked=%d cpu_loop=%.0f ms cpu_process=%.0f ms "
-            "settle_waits=%d (%.0f ms)",
+            "settle_waits=%d (%.0f ms) gc2=%d (%.0f ms, max %.1f ms)",
             s.frames, s.releases, s.suppressed, s.replayed, s.dead_letters, s.by_reason or "", s.busy_ns / 1e6,
             (s.busy_ns / 1e3 / s.frames) if s.frames else 0.0, self.checkpoints, self.rebuilt_frames,
             len(p.devices()), p.parked(), time.thread_time() * 1e3, time.process_time() * 1e3,
-            self.settle_waits, self.settle_wait_s * 1e3,
+            self.settle_waits, self.settle_wait_s * 1e3, self.gc_pauses.count, self.gc_pauses.total_s * 1e3,
+            self.gc_pauses.take_max() * 1e3,
         )
 
 

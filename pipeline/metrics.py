@@ -22,6 +22,7 @@ No label names a device or a pseudonym: streams, feature sets, reasons and raw p
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,39 @@ from prometheus_client.registry import Collector
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+class GcPauses:
+    """The garbage collector's full (generation 2) collections and their pauses, from
+    ``gc.callbacks``: a pause stops the event loop, so it lands in the latency tail."""
+
+    def __init__(self) -> None:
+        self.count, self.total_s, self.max_s = 0, 0.0, 0.0  # max since the last :meth:`take_max`
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        elif self._t0:
+            pause, self._t0 = time.perf_counter() - self._t0, 0.0
+            self.count += 1
+            self.total_s += pause
+            self.max_s = max(self.max_s, pause)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def take_max(self) -> float:
+        """The longest pause since the last call, seconds."""
+        top, self.max_s = self.max_s, 0.0
+        return top
 
 
 class _WorkerCollector(Collector):

@@ -279,9 +279,30 @@ def test_the_stats_line_splits_the_cpu_into_the_loop_thread_and_the_process(tmp_
     worker = asyncio.run(run())
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("frames="))
     got = re.search(r"frames=(\d+) .*busy=(\d+) ms .*cpu_loop=(\d+) ms cpu_process=(\d+) ms "
-                    r"settle_waits=(\d+) \((\d+) ms\)$", line)
+                    r"settle_waits=(\d+) \((\d+) ms\) gc2=\d+ \(\d+ ms, max [\d.]+ ms\)$", line)
     assert got is not None, line
     frames, _busy, loop, process, waits, _wait_ms = (int(g) for g in got.groups())
     assert frames == worker.processor.stats.frames > 0
     assert 0 < loop <= process  # the loop's thread is one of the process's
     assert waits == worker.settle_waits
+
+
+def test_gc_pauses_counts_full_collections_only() -> None:
+    """The stats line's gc2: generation-2 collections and their longest pause, from gc.callbacks."""
+    import gc
+
+    from pipeline.metrics import GcPauses
+
+    pauses = GcPauses()
+    pauses.install()
+    try:
+        gc.collect(0)
+        assert pauses.count == 0  # a young collection is not a full one
+        gc.collect()
+        gc.collect()
+    finally:
+        pauses.uninstall()
+    assert pauses.count == 2 and 0 < pauses.max_s <= pauses.total_s
+    assert pauses.take_max() > 0 and pauses.max_s == 0.0  # the max restarts at each stats line
+    gc.collect()
+    assert pauses.count == 2 and pauses not in gc.callbacks
