@@ -81,6 +81,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import gc
 import json
 import logging
 import time
@@ -298,6 +299,11 @@ class StreamWorker(Service):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
+        # What start-up made (modules, Faust's app, the processor) lives as long as the worker: out
+        # of the collector's reach, a full collection scans only what came after (~100,000 objects
+        # took 80-170 ms per full collection, a pause of the loop: gc2 in the stats line)
+        gc.collect()
+        gc.freeze()
         self.gc_pauses.install()
         await self.port.start(self.assign, self.revoke)
         self._port_open = True
