@@ -696,7 +696,10 @@ class StreamWorker(Service):
         """One line of counters. ``busy`` is the core's wall time (inflated when the host is
         contended); ``cpu_loop`` the CPU time of the event loop's thread (core and shell; this runs
         on it) and ``cpu_process`` of every thread (the Kafka client's besides), both since start,
-        so that live figures split into core, loop and client threads (``benchmarks/shell_bench.py``)."""
+        so that live figures split into core, loop and client threads (``benchmarks/shell_bench.py``);
+        ``settle_waits`` the times the loop stopped fetching until output was acknowledged, and
+        ``gc2`` the full garbage collections with their total and longest pause since the last line
+        (each pause stops the loop)."""
         s, p = self.processor.stats, self.processor
         log.info(
             "frames=%d releases=%d suppressed=%d replayed=%d dead_letters=%d %s busy=%.0f ms (%.1f us/frame) "
