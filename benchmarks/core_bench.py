@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "latency"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from machine import calibration, cpu_model  # noqa: E402
+from machine import announce, calibration, interleaved, mode_path  # noqa: E402
 from processor_cost import MODES, core_inputs, mode_cost  # noqa: E402
-from workload import Schedule, build_schedule, load_workload  # noqa: E402
+from workload import Schedule, timed_schedule  # noqa: E402
 
 
 def core_cpu(sched: Schedule, key_file: Path, seconds: float, mode: str) -> dict[str, Any]:
@@ -108,28 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
 
-    load0 = os.getloadavg()
-    cal0 = calibration()
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; calibration {cal0} (python sum(range(1000)), "
-          f"numpy rfft(4096), us of thread CPU); load average {[round(x, 2) for x in load0]}", flush=True)
-    wl = load_workload(args.workload, short=False)
-    t = time.monotonic()
-    sched = build_schedule(wl, end_s=args.seconds + 1.0)
-    print(f"schedule: {len(sched):,} frames built in {time.monotonic() - t:.1f} s", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    load0, cal0 = announce()
+    sched = timed_schedule(args.workload, args.seconds)
     with tempfile.TemporaryDirectory(prefix="biopriv-core-") as td:
         key_file = Path(td) / "keys.json"
-        for i in range(args.repeat):
-            for mode in modes:  # interleaved, so that a change in the host's load hits both modes alike
-                r = core_cpu(sched, key_file, args.seconds, mode)
-                runs[mode].append(r)
-                print(f"{mode} run {i + 1}: {r['cpu_us_per_frame']} us/frame, {r['cpu_percent_of_one_core_at_this_load']}% "
-                      "of one core; CPU us/frame: " + ", ".join(f"{s} {v['cpu_us_per_frame']}" for s, v in r["per_stream"].items()),
-                      flush=True)
+        runs = interleaved(
+            modes, args.repeat, lambda mode: core_cpu(sched, key_file, args.seconds, mode),
+            lambda mode, i, r: f"{mode} run {i}: {r['cpu_us_per_frame']} us/frame, "
+            f"{r['cpu_percent_of_one_core_at_this_load']}% of one core; CPU us/frame: "
+            + ", ".join(f"{s} {v['cpu_us_per_frame']}" for s, v in r["per_stream"].items()))
         if args.profile is not None:
             for mode in modes:
-                prof = args.profile if len(modes) == 1 else args.profile.with_name(
-                    f"{args.profile.stem}_{mode.replace('-', '_')}{args.profile.suffix}")
+                prof = mode_path(args.profile, mode, modes)
                 mode_cost(sched, key_file, args.seconds, mode, prof)
                 print(f"profile of the {mode} mode: {prof}")
     load1 = os.getloadavg()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -54,3 +56,29 @@ def calibration(repeat: int = 7, batch_s: float = 0.02) -> dict[str, float]:
 
     return {"python_us": round(per_call(lambda: sum(range(1000))), 2),
             "numpy_us": round(per_call(lambda: np.fft.rfft(x)), 2)}
+
+
+def announce() -> tuple[tuple[float, float, float], dict[str, float]]:
+    """Print the machine, a calibration and the load average before a CPU benchmark's runs (the
+    core and shell benchmarks); returns the load average and the calibration."""
+    load, cal = os.getloadavg(), calibration()
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; calibration {cal} (python sum(range(1000)), "
+          f"numpy rfft(4096), us of thread CPU); load average {[round(x, 2) for x in load]}", flush=True)
+    return load, cal
+
+
+def interleaved(modes: Sequence[str], repeat: int, run: Callable[[str], dict[str, Any]],
+                line: Callable[[str, int, dict[str, Any]], str]) -> dict[str, list[dict[str, Any]]]:
+    """``repeat`` runs of every mode, interleaved (a change in the host's load hits every mode
+    alike), each announced by ``line(mode, run number, result)``."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for i in range(repeat):
+        for mode in modes:
+            runs[mode].append(r := run(mode))
+            print(line(mode, i + 1, r), flush=True)
+    return runs
+
+
+def mode_path(path: Path, mode: str, modes: Sequence[str]) -> Path:
+    """``path`` itself for a single mode, else ``<stem>_<mode><suffix>`` (one profile per mode)."""
+    return path if len(modes) == 1 else path.with_name(f"{path.stem}_{mode.replace('-', '_')}{path.suffix}")

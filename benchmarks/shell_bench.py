@@ -71,9 +71,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "latency"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from machine import calibration, cpu_model  # noqa: E402
+from machine import announce, calibration, interleaved, mode_path  # noqa: E402
 from processor_cost import MODES, core_inputs  # noqa: E402
-from workload import MODALITIES, Schedule, build_schedule, load_workload  # noqa: E402
+from workload import MODALITIES, Schedule, timed_schedule  # noqa: E402
 
 from connectors.kafka import DEFAULT_PARTITIONS, Topics  # noqa: E402
 from connectors.memory import MemoryBroker, MemoryPort  # noqa: E402
@@ -348,29 +348,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
 
-    load0, cal0 = os.getloadavg(), calibration()
-    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; calibration {cal0} (python sum(range(1000)), "
-          f"numpy rfft(4096), us of thread CPU); load average {[round(x, 2) for x in load0]}", flush=True)
-    wl = load_workload(args.workload, short=False)
-    t = time.monotonic()
-    sched = build_schedule(wl, end_s=args.seconds + 1.0)
-    print(f"schedule: {len(sched):,} frames built in {time.monotonic() - t:.1f} s", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    load0, cal0 = announce()
+    sched = timed_schedule(args.workload, args.seconds)
     with tempfile.TemporaryDirectory(prefix="biopriv-shell-") as td:
         key_file = Path(td) / "keys.json"
-        for i in range(args.repeat):
-            for mode in modes:  # interleaved: a change in the host's load hits both modes alike
-                r = shell_run(sched, key_file, args.seconds, mode, args.max_batch, bootstrap=args.bootstrap)
-                runs[mode].append(r)
-                print(f"{mode} run {i + 1} ({r['port']} port): {r['frames']} frames, {r['releases']} releases, {r['checkpoints']} "
-                      f"checkpoints, {r['wall_s']} s; CPU us/frame: loop {r['loop_us_per_frame']}, core "
-                      f"{r['core_us_per_frame']}, shell {r['shell_us_per_frame']}, process {r['process_us_per_frame']}; by thread "
-                      f"{r['threads_us_per_frame']}",
-                      flush=True)
+        runs = interleaved(
+            modes, args.repeat,
+            lambda mode: shell_run(sched, key_file, args.seconds, mode, args.max_batch, bootstrap=args.bootstrap),
+            lambda mode, i, r: f"{mode} run {i} ({r['port']} port): {r['frames']} frames, {r['releases']} releases, "
+            f"{r['checkpoints']} checkpoints, {r['wall_s']} s; CPU us/frame: loop {r['loop_us_per_frame']}, core "
+            f"{r['core_us_per_frame']}, shell {r['shell_us_per_frame']}, process {r['process_us_per_frame']}; by thread "
+            f"{r['threads_us_per_frame']}")
         kind, path = ("pyinstrument", args.profile) if args.profile else ("cprofile", args.cprofile)
         if path is not None:
             for mode in modes:
-                out = path if len(modes) == 1 else path.with_name(f"{path.stem}_{mode.replace('-', '_')}{path.suffix}")
+                out = mode_path(path, mode, modes)
                 shell_run(sched, key_file, args.seconds, mode, args.max_batch, profile=(kind, out), bootstrap=args.bootstrap)
                 print(f"{kind} profile of the {mode} mode: {out}")
     load1, cal1, probe = os.getloadavg(), calibration(), probe_us()

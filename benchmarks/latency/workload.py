@@ -290,3 +290,14 @@ def build_schedule(wl: Workload, end_s: float | None = None, stagger_s: float = 
         values.append(v)
         at[i] = pos + 1
     return Schedule(due, plan_idx, seq, values, at, plans, [p.device.encode() for p in plans], origin)
+
+
+def timed_schedule(workload: str, seconds: float) -> Schedule:
+    """The first ``seconds`` (plus one) of ``workload``'s schedule, built and announced (the core
+    and shell benchmarks feed it to the processor)."""
+    import time
+
+    t = time.monotonic()
+    sched = build_schedule(load_workload(workload, short=False), end_s=seconds + 1.0)
+    print(f"schedule: {len(sched):,} frames built in {time.monotonic() - t:.1f} s", flush=True)
+    return sched
