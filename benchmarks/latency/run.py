@@ -122,6 +122,7 @@ class PhaseResult:
     age: HdrHistogram = field(default_factory=hist)
     gen_lag: HdrHistogram = field(default_factory=hist)
     worker_side: HdrHistogram = field(default_factory=hist)
+    by_stream: dict[str, HdrHistogram] = field(default_factory=dict)  # latency per stream of the release
     frames_sent: int = 0
     frames_accounted: int = 0
     records: int = 0
@@ -373,6 +374,9 @@ async def drive(system: str, sched: Schedule, wl: Workload, bootstrap: str, pref
                         continue
                     res.frames_accounted += sum(1 for age in a.ages_ns if now - age - start_box[0] >= m_from)
                     res.latency.record_value(max(1, min(a.latency_ns // 1000, 599_000_000)), a.frames)
+                    if stream not in res.by_stream:
+                        res.by_stream[stream] = hist()
+                    res.by_stream[stream].record_value(max(1, min(a.latency_ns // 1000, 599_000_000)), a.frames)
                     for age in a.ages_ns:
                         res.age.record_value(max(1, min(age // 1000, 599_000_000)))
                     if worker_ns is not None:
@@ -591,6 +595,7 @@ def summarize(system: str, wl: Workload, phases: list[PhaseResult], info: dict[s
             "offered_frames_per_s": wl.frames_per_s(ph.multiplier),
             "measured_s": measured_s,
             "latency_ms": pct_ms(r.latency),
+            "latency_ms_by_stream": {k: pct_ms(h) for k, h in sorted(r.by_stream.items())},
             "frame_age_ms": pct_ms(r.age),
             "send_to_release_built_ms": pct_ms(r.worker_side),
             "generator_lag_ms": pct_ms(r.gen_lag),
@@ -944,6 +949,21 @@ def findings(doc: dict[str, Any]) -> list[str]:
     return L
 
 
+def by_stream_table(systems: dict[str, Any]) -> list[str]:
+    """p50 / p99 ms at x1 per stream of the releases (which streams make the tail), per system."""
+    rows = {n: s["phases"][0].get("latency_ms_by_stream") for n, s in systems.items() if s["phases"]}
+    rows = {n: r for n, r in rows.items() if r}
+    streams = sorted({k for r in rows.values() for k in r})
+    if not streams:
+        return []
+    L = ["Latency at x1 by stream (p50 / p99 ms; a frame counts under the stream of the release that covers it):", "",
+         "| system | " + " | ".join(streams) + " |", "|---|" + "---:|" * len(streams)]
+    for n, r in rows.items():
+        L.append(f"| {n} | " + " | ".join(
+            f"{fmt(r[k]['p50'], 1)} / {fmt(r[k]['p99'], 1)}" if k in r else "n/a" for k in streams) + " |")
+    return [*L, ""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m, wl, systems = doc["machine"], doc["workload"], doc["systems"]
     L = [
@@ -989,6 +1009,7 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     L += ["", "Frames missing (due, never read back) at x1: " + ", ".join(
         f"{n} {s['phases'][0]['frames_missing']}" for n, s in systems.items() if s["phases"]) + ".", ""]
+    L += by_stream_table(systems)
     for name, label in (("pipeline", "Pipeline worker"), ("quix", "Quix Streams peer")):
         pw = systems.get(name, {}).get("phases", [])
         if not pw:
