@@ -938,8 +938,9 @@ def findings(doc: dict[str, Any]) -> list[str]:
         "Left, largest first:",
         "",
         "1. **Tail latency at moderate load:** the pipeline's p99 grows faster with load than the Quix Streams peer's "
-        "on the same core, with the worker well below a full core: not CPU. Short A/B runs of `--fetch-min-bytes 1` "
-        "and `--max-batch 50` (`--worker-args`) were dominated by start-up transients; a full-length A/B is to be made.",
+        "on the same core, with the worker well below a full core: not CPU. It is in every stream alike (a delay of "
+        "the whole loop); garbage-collector pauses were one cause (`gc.freeze()` at start, `ab_gc.md`), a batch "
+        "processed in arrival order changed nothing measurable (`ab_order.md`); the rest is open.",
         "2. **Core cost:** frame decode about a quarter of the default study's core, windows a fifth, heart-rate beat "
         "detection re-filters the whole window every hop (a zero-phase filter: incremental detection would not find "
         "the same beats).",
