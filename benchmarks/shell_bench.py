@@ -61,6 +61,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,17 +213,8 @@ def shell_run(sched: Schedule, key_file: Path, seconds: float, mode: str, max_ba
                               partitions=DEFAULT_PARTITIONS, max_batch=max_batch,
                               bootstrap=bootstrap or "127.0.0.1:9", group=f"{topics.prefix}bench")
     core_ns = [0]
-    process = proc.process
+    proc.process = _probe(proc.process, core_ns)  # type: ignore[method-assign]  # on this instance only
     tt = time.thread_time_ns
-
-    def timed(value: bytes, key: bytes | None = None) -> Any:
-        c0 = tt()
-        try:
-            return process(value, key)
-        finally:
-            core_ns[0] += tt() - c0
-
-    proc.process = timed  # type: ignore[method-assign]  # the benchmark's probe on this instance only
     profiler = _profiler(profile[0] if profile else None)
 
     async def run() -> dict[str, Any]:
@@ -295,21 +287,30 @@ def shell_run(sched: Schedule, key_file: Path, seconds: float, mode: str, max_ba
     }
 
 
+def _probe(process: Callable[[bytes, bytes | None], Any], acc: list[int]) -> Callable[..., Any]:
+    """``process`` wrapped to add its thread CPU ns to ``acc[0]``: the ``core`` probe of a run, and
+    the one :func:`probe_us` prices."""
+    tt = time.thread_time_ns
+
+    def timed(value: bytes, key: bytes | None = None) -> Any:
+        c0 = tt()
+        try:
+            return process(value, key)
+        finally:
+            acc[0] += tt() - c0
+
+    return timed
+
+
 def probe_us(n: int = 100_000) -> float:
     """Thread CPU us the ``core`` probe adds per call (the wrapper and its two clock reads, about
     1 us each on a VM): part of it lands in ``core``, part in ``shell``."""
     tt = time.thread_time_ns
-    acc = [0]
 
     def bare(value: bytes, key: bytes | None = None) -> None:
         return None
 
-    def timed(value: bytes, key: bytes | None = None) -> None:
-        c0 = tt()
-        try:
-            return bare(value, key)
-        finally:
-            acc[0] += tt() - c0
+    timed = _probe(bare, [0])
 
     def per_call(fn: Any) -> float:
         t0 = tt()
