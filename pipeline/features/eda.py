@@ -51,7 +51,7 @@ class EdaExtractor:
         for and both are NaN (``scl`` is the same either way)."""
         x = to_unit(np.asarray(data[:1], dtype=np.float64), units[:1], "uS")[0]
         if x.size < 4:
-            return {"scl": float(np.median(x)) if x.size else float("nan"), "scr_count": 0.0, "scr_amplitude": float("nan")}
+            return {"scl": _median(x) if x.size else float("nan"), "scr_count": 0.0, "scr_amplitude": float("nan")}
         y = _filt(x, 0.0, 1.0, sample_rate) if sample_rate > 2.5 else x
         if only is not None and not only & {"scr_count", "scr_amplitude"}:
             return {"scl": _median(y), "scr_count": float("nan"), "scr_amplitude": float("nan")}
