@@ -298,8 +298,13 @@ class ConfluentPort:
             log.exception("rebalance callback failed")
 
     def _refresh_counts(self) -> None:
+        """Partitions per subscribed topic, from the producer's metadata. Never the consumer's:
+        this runs inside its rebalance callback, and a consumer call that blocks in librdkafka
+        (``list_topics``) clears the consumer's per-thread call state on return, so the next
+        callback served by the same ``consume()`` (a log line, an error) aborts the process
+        (``CallState_get: Assertion `cs != NULL' failed``; tests/integration/test_confluent_live.py)."""
         try:
-            meta = self.consumer.list_topics(timeout=5.0)
+            meta = self.producer.list_topics(timeout=5.0)
         except Exception as exc:  # noqa: BLE001 - the counts seen last stay
             log.warning("topic metadata not refreshed: %s", exc)
             return
